@@ -1,0 +1,26 @@
+"""Functional entry points: what FALinear calls, usable on their own."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import ops  # noqa: F401  (makes torch.ops.soap_cuda complete)
+
+
+def _autocast_dtype(device_type: str):
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor) -> Tensor:
+    """`input @ weight.T + bias` forward; backward sends the error through `b_matrix`.
+
+    Under autocast the operands are cast to the autocast dtype (as for nn.Linear); the casts are
+    differentiable, so fp32 master weights receive fp32 gradients.
+    """
+    dtype = _autocast_dtype(input.device.type)
+    if dtype is not None:
+        input, weight, b_matrix = input.to(dtype), weight.to(dtype), b_matrix.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return torch.ops.soap_cuda.fa_linear(input, weight, bias, b_matrix)

@@ -1,0 +1,5 @@
+"""Python-side registrations of every soap_cuda op (fake kernels, autograd, default kernels).
+
+Importing this package makes `torch.ops.soap_cuda.*` complete, whichever backend is active.
+"""
+from . import fa_linear  # noqa: F401
