@@ -16,6 +16,7 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     sync_every: int | None = 1000  # examples between feedback syncs (sign rules only)
+    sync_at_start: bool = False  # sign rules: also sync before the first batch
     seed: int = 0
     epochs: float = 5.0  # fractional epochs allowed: the budget is epochs * train examples
     batch_size: int = 32

@@ -21,7 +21,7 @@ def feedback_rules() -> tuple[str, ...]:
 
 def build_mlp(in_features: int, hidden: list[int] | tuple[int, ...], num_classes: int,
               rule: str = "fa", sync_every: int | None = None, activation: str = "tanh",
-              device=None) -> nn.Sequential:
+              device=None, sync_at_start: bool = False) -> nn.Sequential:
     """`in -> hidden... -> classes` with FALinear layers named fc1, fc2, ...
 
     Every rule, backprop included, runs through the same FALinear code, so the rule is the only
@@ -33,8 +33,10 @@ def build_mlp(in_features: int, hidden: list[int] | tuple[int, ...], num_classes
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         kwargs = {}
         if hasattr(soap_cuda, "FEEDBACK_RULES"):
-            kwargs = {"feedback": feedback,
-                      "sync_every": sync_every if feedback in SYNCED_RULES else None}
+            synced = feedback in SYNCED_RULES
+            kwargs = {"feedback": feedback, "sync_every": sync_every if synced else None}
+            if synced and sync_at_start:
+                kwargs["sync_at_start"] = True
         elif feedback != "fa":
             raise RuntimeError(f"rule {rule!r} needs FALinear(feedback=...), which this "
                                f"soap_cuda ({soap_cuda.__version__}) does not have")

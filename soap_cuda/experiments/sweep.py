@@ -31,8 +31,8 @@ from .runs import RunStore, is_complete, run_path
 from .stats import best_lr, extend_grid
 
 # TrainConfig fields a sweep shares across all its runs.
-BASE_FIELDS = ("hidden", "epochs", "batch_size", "sync_every", "activation", "dataset",
-               "data_dir", "download", "train_examples", "test_examples", "eval_every",
+BASE_FIELDS = ("hidden", "epochs", "batch_size", "sync_every", "sync_at_start", "activation",
+               "dataset", "data_dir", "download", "train_examples", "test_examples", "eval_every",
                "probe_examples", "momentum", "weight_decay", "device")
 
 

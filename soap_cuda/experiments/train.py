@@ -27,6 +27,9 @@ from .models import build_mlp
 from .optimizers import make_optimizer
 
 CHECKPOINT_VERSION = 1
+# A run counts as diverged (and stops) when its loss is not finite or exceeds this multiple of
+# its initial training loss: far worse than chance, it is not coming back within the budget.
+DIVERGE_FACTOR = 10.0
 
 
 def _metrics_module():
@@ -147,7 +150,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
 
     torch.manual_seed(cfg.seed)
     model = build_mlp(data.in_features, cfg.hidden, data.num_classes, cfg.rule, cfg.sync_every,
-                      cfg.activation, device)
+                      cfg.activation, device, cfg.sync_at_start)
     opt = make_optimizer(model, cfg.rule, cfg.optimizer, cfg.lr, cfg.momentum,
                          cfg.weight_decay, cfg.layer_lr_scale)
 
@@ -163,6 +166,10 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             raise RuntimeError(f"{ckpt}: checkpoint was made with different settings "
                                f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)})")
         model.load_state_dict(state["model"])
+        with torch.no_grad():  # buffers verbatim: FALinear's loader may re-derive B0 from B
+            for name, buf in model.named_buffers():
+                if name in state["model"]:
+                    buf.copy_(state["model"][name])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state.get("rng_cuda") is not None:
@@ -189,6 +196,9 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                        test_acc=None, layers={})
         else:
             rec.update(evaluate(model, data, probe))
+            evals = [r for r in records if r["kind"] == "eval"]
+            if evals and not rec["train_loss"] <= DIVERGE_FACTOR * evals[0]["train_loss"]:
+                rec["diverged"] = True
         rec["wall_s"] = time.perf_counter() - t0
         pos["batch_loss_sum"], pos["batch_loss_n"] = 0.0, 0
         records.append(rec)
@@ -245,7 +255,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                 pos["next_eval"] += eval_every
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['train_loss']:.4f}", acc=f"{rec['test_acc']:.3f}")
-                if not math.isfinite(rec["train_loss"]):
+                if rec.get("diverged"):
                     diverged = True
                     break
                 if pos["evals"] % checkpoint_every_evals == 0:
@@ -256,13 +266,14 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     if bar is not None:
         bar.close()
     last = log_eval(diverged=diverged)
+    diverged = diverged or bool(last.get("diverged"))
     pos["evals"] += 1
     while pos["next_eval"] <= pos["examples"]:  # so a resumed run does not re-log this point
         pos["next_eval"] += eval_every
-    if not diverged and not math.isfinite(last["train_loss"]):
-        diverged = True
     final = {k: last.get(k) for k in ("examples", "train_loss", "train_acc", "test_loss",
                                        "test_acc")}
+    if diverged:
+        final["train_loss"] = final["test_loss"] = math.inf
     final.update(kind="final", diverged=diverged, wall_s=time.perf_counter() - t0)
     records.append(final)
     writer.write(final)
