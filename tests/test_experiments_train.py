@@ -11,6 +11,15 @@ from soap_cuda.experiments.optimizers import ConfigError, make_optimizer
 from soap_cuda.experiments.train import read_records, train
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", train_examples=256, test_examples=64)

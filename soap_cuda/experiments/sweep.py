@@ -39,13 +39,13 @@ BASE_FIELDS = ("hidden", "epochs", "batch_size", "sync_every", "sync_at_start", 
 @dataclass
 class SweepSpec:
     rules: list[str] = field(default_factory=lambda: ["bp", "fa", "sign", "rescaled_sign"])
-    lrs: list[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3])
+    lrs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     seeds: int = 5
     fixed_lr: float = 0.01
     gain_match: list[str] = field(default_factory=lambda: ["sign"])
     gain_key: str = "error"
-    adam_rules: list[str] = field(default_factory=lambda: ["bp", "fa", "sign", "rescaled_sign"])
-    adam_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
+    adam_rules: list[str] = field(default_factory=lambda: ["bp", "sign", "rescaled_sign"])
+    adam_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
     max_extend: int = 3
     target_loss: float | None = None
     target_fraction: float = 0.25
@@ -203,13 +203,15 @@ class Sweep:
             for arm in arms:
                 best = best_lr({lr: self.store.score(arm.label, lr, self.seeds)
                                 for lr in arm.lrs})
-                if best.at_edge in ("low", "high"):
+                if best.at_edge is not None:
                     if extensions[arm.label] < self.spec.max_extend:
-                        new = extend_grid(arm.lrs, best.at_edge)
-                        arm.notes.append(f"best lr {best.lr:g} was at the {best.at_edge} edge "
-                                         f"of the grid: added lr {new:g}")
+                        edges = ["low", "high"] if best.at_edge == "both" else [best.at_edge]
+                        new = [extend_grid(arm.lrs, e) for e in edges]
+                        arm.notes.append(f"best lr {best.lr:g} was at the {best.at_edge} "
+                                         f"edge of the grid: added lr "
+                                         f"{', '.join(f'{x:g}' for x in new)}")
                         self.log(f"[sweep] {arm.label}: {arm.notes[-1]}")
-                        arm.lrs = sorted({*arm.lrs, new})
+                        arm.lrs = sorted({*arm.lrs, *new})
                         extensions[arm.label] += 1
                         grew = True
                     elif not any("still at" in n for n in arm.notes):
