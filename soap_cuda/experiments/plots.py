@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -118,7 +119,8 @@ def alignment(store: RunStore, members: list[tuple[str, float]], seeds, path: Pa
         ax.set_ylim(0, 95)
         ax.set_xlabel("training examples seen")
         ax.set_ylabel("angle to backprop (degrees)")
-        ax.set_title(f"{layer}: error signal reaching this layer (solid), B vs W (dashed)",
+        ax.set_title(f"{layer}: angle of the error reaching {layer} (solid; exact at the last "
+                     f"layer)\nand of {layer}'s own B to its W (dashed; shapes the layer below)",
                      fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -131,7 +133,8 @@ def alignment(store: RunStore, members: list[tuple[str, float]], seeds, path: Pa
 def gains(contrasts: list[dict], path: Path) -> Path:
     """Error-signal norm ratio ||delta_rule|| / ||delta_bp|| per layer: the rule's effective
     per-layer learning-rate multiplier (1 = backprop's step size)."""
-    fig, axes = plt.subplots(1, len(contrasts), figsize=(6 * len(contrasts), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(contrasts), figsize=(5 * len(contrasts), 4.2), squeeze=False,
+                             sharey=True)
     for ax, c in zip(axes[0], contrasts):
         members = [m for m in c["members"] if m["layers"]]
         layers = sorted({layer for m in members for layer in m["layers"]})
@@ -142,8 +145,12 @@ def gains(contrasts: list[dict], path: Path) -> Path:
                    label=f"{m['arm']} (lr {m['lr']:g})")
         ax.axhline(1.0, color="k", lw=1)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2))
         ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers)
-        ax.set_ylabel("error-signal norm ratio vs backprop (geo. mean over training)")
+        if ax is axes[0][0]:
+            ax.set_ylabel("||error_rule|| / ||error_bp||\n(geometric mean over training)")
         ax.set_title(c["title"], fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y", which="both")

@@ -105,6 +105,8 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
     first = store.records("bp", best["bp"]["lr"], seeds[0])[0]
     data = first["data"]
     cfg = first["config"]
+    first_sync = ("and before the first batch" if cfg.get("sync_at_start") else
+                  f"the first sync after {cfg['sync_every']} examples: until then they are FA")
     L = ["# Feedback alignment sweep report", ""]
     L += ["## Setup", "",
           f"- Data: {data['description']} ({data['in_features']} inputs).",
@@ -113,7 +115,9 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
           f"(backprop = `bp`, B kept equal to W, through the same code).",
           f"- Training: batch {cfg['batch_size']}, {cfg['epochs']:g} epochs "
           f"({int(round(cfg['epochs'] * data['train_examples'])):,} examples), sign rules "
-          f"sync B every {cfg['sync_every']} examples, momentum {cfg['momentum']:g}, "
+          f"sync B every {cfg['sync_every']} examples "
+          f"({first_sync}), "
+          f"momentum {cfg['momentum']:g}, "
           f"weight decay {cfg['weight_decay']:g}.",
           f"- Seeds: {len(seeds)} per (rule, learning rate); each seed fixes initial weights, "
           f"feedback matrices and data order, and is shared across rules (paired comparisons).",
