@@ -130,7 +130,8 @@ class FALinear(nn.Module):
                               unexpected_keys, error_msgs):
         # A state_dict from the seed's FALinear (or nn.Linear + b_matrix) lacks our extras:
         # start a fresh schedule and take B0 from the loaded b_matrix.
-        absent = [k for k in _EXTRA_KEYS if prefix + k not in state_dict]
+        own = [k for k in _EXTRA_KEYS if k == "_extra_state" or hasattr(self, k)]
+        absent = [k for k in own if prefix + k not in state_dict]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         for key in absent:
