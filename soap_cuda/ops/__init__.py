@@ -3,3 +3,4 @@
 Importing this package makes `torch.ops.soap_cuda.*` complete, whichever backend is active.
 """
 from . import fa_linear  # noqa: F401
+from . import perturb  # noqa: F401
