@@ -162,8 +162,14 @@ SOAP_HD double cos_basic(double x) {
 }
 
 // ---- the noise ----
-SOAP_HD double normal(uint64_t seed, uint64_t offset, uint64_t index) {
-  const uint64_t pair = index >> 1;
+// One Philox call gives the pair of noise elements 2 pair and 2 pair + 1.
+struct PairState {
+  double radius;
+  double x;         // the angle within its quadrant, |x| <= pi/4
+  int64_t quadrant; // 0..4
+};
+
+SOAP_HD PairState pair_state(uint64_t seed, uint64_t offset, uint64_t pair) {
   const Words w = philox4x32_10(static_cast<uint32_t>(pair), static_cast<uint32_t>(pair >> 32),
                                 static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
                                 static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
@@ -175,18 +181,58 @@ SOAP_HD double normal(uint64_t seed, uint64_t offset, uint64_t index) {
   const int64_t quadrant = (n2 + (int64_t{1} << 50)) >> 51;  // 0..4
   const int64_t rest = n2 - (quadrant << 51);                // in [-2^50, 2^50)
   const double x = dmul(dmul(static_cast<double>(rest), kTwoPow53Inv), 6.283185307179586);
-  // cos(theta) for an even index; sin(theta) = cos(theta - 90deg) for an odd one. With
-  // theta = quadrant * 90deg + x, cos(theta) is, by (quadrant mod 4):
-  // 0 -> cos x, 1 -> -sin x, 2 -> -cos x, 3 -> sin x
-  const int which = static_cast<int>((quadrant + 3 * static_cast<int64_t>(index & 1)) & 3);
-  double value;
+  return PairState{radius, x, quadrant};
+}
+
+// cos(theta) for the even element, sin(theta) = cos(theta - 90deg) for the odd one. With
+// theta = quadrant * 90deg + x, cos(theta) is, by (quadrant mod 4):
+// 0 -> cos x, 1 -> -sin x, 2 -> -cos x, 3 -> sin x
+SOAP_HD int rotation(int64_t quadrant, uint64_t parity) {
+  return static_cast<int>((quadrant + 3 * static_cast<int64_t>(parity)) & 3);
+}
+
+SOAP_HD double rotated(int which, double cos_x, double sin_x) {
   switch (which) {
-    case 0: value = cos_basic(x); break;
-    case 1: value = -sin_basic(x); break;
-    case 2: value = -cos_basic(x); break;
-    default: value = sin_basic(x); break;
+    case 0: return cos_x;
+    case 1: return -sin_x;
+    case 2: return -cos_x;
+    default: return sin_x;
   }
-  return dmul(radius, value);
+}
+
+// Noise element `index` of stream (seed, offset).
+SOAP_HD double normal(uint64_t seed, uint64_t offset, uint64_t index) {
+  const PairState st = pair_state(seed, offset, index >> 1);
+  const int which = rotation(st.quadrant, index & 1);
+  const bool use_cos = (which & 1) == 0;
+  const double c = use_cos ? cos_basic(st.x) : 0.0;
+  const double s = use_cos ? 0.0 : sin_basic(st.x);
+  return dmul(st.radius, rotated(which, c, s));
+}
+
+// Noise elements 2 pair and 2 pair + 1 (the same values as two normal() calls, at the cost of one).
+SOAP_HD void normal_pair(uint64_t seed, uint64_t offset, uint64_t pair, double* even, double* odd) {
+  const PairState st = pair_state(seed, offset, pair);
+  const double c = cos_basic(st.x), s = sin_basic(st.x);
+  *even = dmul(st.radius, rotated(rotation(st.quadrant, 0), c, s));
+  *odd = dmul(st.radius, rotated(rotation(st.quadrant, 1), c, s));
+}
+
+// Calls f(j, xi) for j = 0 .. count-1 with xi = noise element first + j, one Philox call per pair.
+template <typename F>
+SOAP_HD void for_each_normal(uint64_t seed, uint64_t offset, int64_t first, int64_t count, F&& f) {
+  int64_t j = 0;
+  if (count > 0 && (first & 1)) {
+    f(j, normal(seed, offset, static_cast<uint64_t>(first)));
+    j = 1;
+  }
+  for (; j + 1 < count; j += 2) {
+    double even, odd;
+    normal_pair(seed, offset, static_cast<uint64_t>(first + j) >> 1, &even, &odd);
+    f(j, even);
+    f(j + 1, odd);
+  }
+  if (j < count) f(j, normal(seed, offset, static_cast<uint64_t>(first + j)));
 }
 
 }  // namespace philox

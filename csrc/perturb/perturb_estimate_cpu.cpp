@@ -32,9 +32,8 @@ at::Tensor perturb_estimate_cpu(const at::Tensor& losses, int64_t width, double 
         for (int64_t m = 0; m < slots; ++m) {
           const double coef = slot_coefficient(l, rows, m, b, antithetic);
           const int64_t first = (m * rows + b) * width;
-          for (int64_t j = 0; j < width; ++j) {
-            acc[j] += coef * philox::normal(useed, uoffset, static_cast<uint64_t>(first + j));
-          }
+          philox::for_each_normal(useed, uoffset, first, width,
+                                  [&](int64_t j, double xi) { acc[j] += coef * xi; });
         }
         for (int64_t j = 0; j < width; ++j) {
           o[b * width + j] = static_cast<scalar_t>(acc[j] * factor);

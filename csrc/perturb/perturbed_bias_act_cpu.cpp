@@ -33,17 +33,19 @@ at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at:
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const NoiseRow nr = noise_row(r, batch, width, antithetic);
+        const scalar_t* row_in = in + r * width;
+        scalar_t* row_out = o + r * width;
         for (int64_t j = 0; j < width; ++j) {
-          scalar_t z = in[r * width + j];
-          if (bias_data != nullptr) z = z + bias_data[j];
-          if (nr.perturbed) {
-            auto xi = static_cast<scalar_t>(
-                philox::normal(useed, uoffset, static_cast<uint64_t>(nr.first + j)));
-            if (nr.sign < 0) xi = -xi;
-            z = z + xi * sig;
-          }
-          o[r * width + j] = activate<scalar_t>(z, act);
+          row_out[j] = bias_data != nullptr ? row_in[j] + bias_data[j] : row_in[j];
         }
+        if (nr.perturbed) {
+          philox::for_each_normal(useed, uoffset, nr.first, width, [&](int64_t j, double xi_d) {
+            auto xi = static_cast<scalar_t>(xi_d);
+            if (nr.sign < 0) xi = -xi;
+            row_out[j] = row_out[j] + xi * sig;
+          });
+        }
+        for (int64_t j = 0; j < width; ++j) row_out[j] = activate<scalar_t>(row_out[j], act);
       }
     });
   });

@@ -17,11 +17,10 @@ void philox_normal_fill_cpu(const at::Tensor& noise, int64_t seed, int64_t offse
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "philox_normal_fill", [&] {
     scalar_t* data = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        data[i] = static_cast<scalar_t>(philox::normal(static_cast<uint64_t>(seed),
-                                                       static_cast<uint64_t>(offset),
-                                                       static_cast<uint64_t>(i)));
-      }
+      philox::for_each_normal(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), begin,
+                              end - begin, [&](int64_t j, double xi) {
+                                data[begin + j] = static_cast<scalar_t>(xi);
+                              });
     });
   });
   if (!out.is_same(noise)) noise.copy_(out);
