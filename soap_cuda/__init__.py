@@ -1,10 +1,13 @@
 """soap_cuda: compiled feedback alignment and activity perturbation for PyTorch."""
 from . import ops  # noqa: F401  (registers fake/autograd/default kernels of every op)
+from . import metrics
 from ._library import backend, fallback_reason
 from .convert import convert
+from .feedback import FEEDBACK_RULES, backprop_mode, schedule_paused, sync_feedback
 from .functional import fa_linear
 from .modules import FALinear
 
 __version__ = "0.1.0"
 
-__all__ = ["FALinear", "backend", "convert", "fa_linear", "fallback_reason", "__version__"]
+__all__ = ["FALinear", "FEEDBACK_RULES", "backend", "backprop_mode", "convert", "fa_linear",
+           "fallback_reason", "metrics", "schedule_paused", "sync_feedback", "__version__"]

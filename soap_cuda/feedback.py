@@ -1,0 +1,124 @@
+"""Feedback rules: how (and when) the feedback matrix B of each FALinear follows its weights.
+
+Rules (the `feedback=` option of FALinear):
+  "fa"             B fixed at its random init (Lillicrap et al.; the seed's FA)
+  "sign"           B <- sign(W)                 (the seed's naive sync; changes B's scale)
+  "rescaled_sign"  B <- |B0| * sign(W)          (the seed's corrected rule, BioTorch's frSF)
+  "scaled_sign"    B <- s * sign(W), s so that ||B||_F = ||B0||_F   (uSF-style)
+  "random_sign"    B <- |M| * sign(W), M ~ N(0, std(B0)^2) redrawn each sync (brSF), seeded
+  "bp"             B is W itself (exact backprop through the same code path: the baseline)
+sign(0) = 0 (as torch.sign), and a NaN weight gives a NaN feedback entry (it is not hidden).
+
+`sync_every=T` counts training examples; see FALinear. `sync_feedback(model)` syncs every
+sync-rule layer of a model now, with one native call per (device, dtype) group.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+FEEDBACK_RULES = ("fa", "sign", "rescaled_sign", "scaled_sign", "random_sign", "bp")
+SYNC_RULES = ("sign", "rescaled_sign", "scaled_sign", "random_sign")
+
+
+def check_rule(feedback: str, sync_every) -> None:
+    if feedback not in FEEDBACK_RULES:
+        raise ValueError(f"feedback must be one of {FEEDBACK_RULES}, got {feedback!r}")
+    if sync_every is not None:
+        if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every <= 0:
+            raise ValueError(f"sync_every must be a positive number of examples or None, got "
+                             f"{sync_every!r}")
+        if feedback not in SYNC_RULES:
+            raise ValueError(f"sync_every={sync_every} has no effect with feedback={feedback!r}; "
+                             f"sync rules are {SYNC_RULES}")
+
+
+def xavier_std(layer) -> float:
+    return math.sqrt(2.0 / (layer.in_features + layer.out_features))
+
+
+def _random_magnitude(layer) -> torch.Tensor:
+    """M for random_sign: a fresh draw per sync, reproducible from (feedback_seed, sync_count)."""
+    w = layer.weight
+    gen = torch.Generator(device=w.device)
+    gen.manual_seed((layer.feedback_seed * 1_000_003 + layer.sync_count) % (2**63 - 1))
+    return torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype) * xavier_std(layer)
+
+
+def sync_arguments(layer):
+    """(weight, b_matrix, magnitude or None, scale as a 0-d float64 tensor) for one layer."""
+    w = layer.weight.detach()
+    rule = layer.feedback
+    one = torch.ones((), dtype=torch.float64, device=w.device)
+    if rule == "sign":
+        return w, layer.b_matrix, None, one
+    if rule == "rescaled_sign":
+        return w, layer.b_matrix, layer.b_init, one
+    if rule == "random_sign":
+        return w, layer.b_matrix, _random_magnitude(layer), one
+    if rule == "scaled_sign":
+        nonzero = torch.count_nonzero(w).to(torch.float64).clamp_min(1.0)
+        return w, layer.b_matrix, None, layer.b_init_norm / nonzero.sqrt()
+    raise ValueError(f"feedback rule {rule!r} has no sync")
+
+
+def sync_layers(layers) -> int:
+    """Sync the given FALinear layers now: one native feedback_sync_ call per device/dtype."""
+    groups = defaultdict(list)
+    for layer in layers:
+        if layer.feedback in SYNC_RULES:
+            groups[(layer.weight.device, layer.weight.dtype)].append(layer)
+    with torch.no_grad():
+        for group in groups.values():
+            args = [sync_arguments(layer) for layer in group]
+            weights, b_matrices, magnitudes, scales = (list(col) for col in zip(*args))
+            weights = [w.contiguous() for w in weights]
+            torch.ops.soap_cuda.feedback_sync_(weights, b_matrices, magnitudes,
+                                               torch.stack(scales))
+            for layer in group:
+                layer.sync_count += 1
+    return sum(len(g) for g in groups.values())
+
+
+def feedback_layers(model: nn.Module):
+    from .modules import FALinear
+    return [m for m in model.modules() if isinstance(m, FALinear)]
+
+
+def sync_feedback(model: nn.Module) -> int:
+    """Sync every sign-type FALinear in `model` now (for users who drive the schedule
+    themselves, e.g. around a compiled training step). Returns how many layers were synced."""
+    return sync_layers(feedback_layers(model))
+
+
+@contextlib.contextmanager
+def schedule_paused(model: nn.Module):
+    """Forward passes inside do not advance the layers' example counters (nor sync)."""
+    layers = feedback_layers(model)
+    saved = [layer.schedule_paused for layer in layers]
+    for layer in layers:
+        layer.schedule_paused = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.schedule_paused = value
+
+
+@contextlib.contextmanager
+def backprop_mode(model: nn.Module):
+    """Inside, every FALinear routes its error through W (exact backprop), counters paused."""
+    layers = feedback_layers(model)
+    saved = [layer.feedback_override for layer in layers]
+    for layer in layers:
+        layer.feedback_override = "bp"
+    try:
+        with schedule_paused(model):
+            yield
+    finally:
+        for layer, value in zip(layers, saved):
+            layer.feedback_override = value

@@ -1,0 +1,88 @@
+"""Pure-PyTorch feedback_sync_: the op's default kernel (fallback) and its test reference."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+OP = "soap_cuda::feedback_sync_"
+
+
+def _fail(arg: str, what: str):
+    raise RuntimeError(f"{OP}: argument '{arg}' {what}")
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
+                             check_memory: bool = True) -> None:
+    """check_memory=False skips the aliasing check (fake tensors have no memory to compare)."""
+    n = len(weights)
+    if len(b_matrices) != n or len(magnitudes) != n:
+        raise RuntimeError(f"{OP}: arguments 'weights', 'b_matrices' and 'magnitudes' must have "
+                           f"the same length, got {n}, {len(b_matrices)} and {len(magnitudes)}")
+    if scales.dim() != 1:
+        _fail("scales", f"must be 1-D, got shape {list(scales.shape)}")
+    if scales.dtype != torch.float64:
+        _fail("scales", f"must be float64, got {scales.dtype}")
+    if scales.numel() != n:
+        _fail("scales", f"must have one entry per layer ({n}), got {scales.numel()}")
+    if not scales.is_contiguous():
+        _fail("scales", "must be contiguous (call .contiguous() first)")
+    if n == 0:
+        return
+    first = weights[0]
+    if scales.device != first.device:
+        _fail("scales", f"must be on the device of 'weights[0]' ({first.device}), got "
+                        f"{scales.device}")
+    for i, (w, b, m) in enumerate(zip(weights, b_matrices, magnitudes)):
+        wi, bi, mi = f"weights[{i}]", f"b_matrices[{i}]", f"magnitudes[{i}]"
+        if not w.is_floating_point():
+            _fail(wi, f"must be a floating-point tensor, got {w.dtype}")
+        if w.dtype != first.dtype:
+            _fail(wi, f"must have the dtype of 'weights[0]' ({first.dtype}), got {w.dtype}")
+        if w.device != first.device:
+            _fail(wi, f"must be on the device of 'weights[0]' ({first.device}), got {w.device}")
+        if not w.is_contiguous():
+            _fail(wi, "must be contiguous (call .contiguous() first)")
+        if b.shape != w.shape:
+            _fail(bi, f"must have the shape of '{wi}' {list(w.shape)}, got {list(b.shape)}")
+        if b.dtype != w.dtype:
+            _fail(bi, f"must have the dtype of '{wi}' ({w.dtype}), got {b.dtype}")
+        if b.device != w.device:
+            _fail(bi, f"must be on the device of '{wi}' ({w.device}), got {b.device}")
+        if not b.is_contiguous():
+            _fail(bi, "must be contiguous (call .contiguous() first)")
+        if check_memory and _overlap(b, w):
+            _fail(bi, f"must not be the same memory as '{wi}'")
+        if m is not None:
+            if m.shape != w.shape:
+                _fail(mi, f"must have the shape of '{wi}' {list(w.shape)}, got {list(m.shape)}")
+            if m.dtype != w.dtype:
+                _fail(mi, f"must have the dtype of '{wi}' ({w.dtype}), got {m.dtype}")
+            if m.device != w.device:
+                _fail(mi, f"must be on the device of '{wi}' ({w.device}), got {m.device}")
+            if not m.is_contiguous():
+                _fail(mi, "must be contiguous (call .contiguous() first)")
+
+
+def sync_value(w: Tensor, m: Tensor | None, scale: Tensor) -> Tensor:
+    """scale * sign(w) * |m|, computed as the kernels do (in float32 for half types, float64 for
+    float64) so the bits agree; sign(0) = 0 and NaN weights stay NaN."""
+    acc = torch.float64 if w.dtype == torch.float64 else torch.float32
+    value = torch.sign(w.to(acc))
+    if m is not None:
+        value = value * m.to(acc).abs()
+    value = value * scale.to(acc)
+    value = torch.where(torch.isnan(w), w.to(acc), value)
+    return value.to(w.dtype)
+
+
+def feedback_sync_(weights, b_matrices, magnitudes, scales: Tensor) -> None:
+    check_feedback_sync_args(weights, b_matrices, magnitudes, scales)
+    for i, (w, b, m) in enumerate(zip(weights, b_matrices, magnitudes)):
+        b.copy_(sync_value(w, m, scales[i]))

@@ -1,0 +1,136 @@
+"""feedback_sync_: the fused multi-layer sync op held bit for bit against its reference."""
+import pytest
+import torch
+
+from soap_cuda.reference.feedback_sync import feedback_sync_ as ref_sync
+from soap_cuda.reference.feedback_sync import sync_value
+
+from conftest import requires_cuda
+
+op = torch.ops.soap_cuda.feedback_sync_.default
+
+# shapes not divisible by the vector width (4 floats / 2 doubles / 8 halves), a single element,
+# an empty layer, and a big one that spans many blocks
+SHAPES = [(7, 13), (1, 1), (3, 5), (64, 96), (0, 4), (257, 129)]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def make_layers(dtype, device="cpu", with_zeros=True):
+    weights, mags, scales = [], [], []
+    for i, shape in enumerate(SHAPES):
+        w = torch.randn(shape, device=device).to(dtype)
+        if with_zeros and w.numel() > 2:
+            w.view(-1)[::7] = 0.0  # exact zeros: sign(0) = 0
+        weights.append(w)
+        mags.append(torch.randn(shape, device=device).to(dtype) if i % 2 == 0 else None)
+        scales.append(1.0 if i % 3 else 0.37)
+    b = [torch.full_like(w, 5.0) for w in weights]
+    return weights, b, mags, torch.tensor(scales, dtype=torch.float64, device=device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference_bit_for_bit(dtype):
+    weights, b_native, mags, scales = make_layers(dtype)
+    b_ref = [t.clone() for t in b_native]
+    op(weights, b_native, mags, scales)
+    ref_sync(weights, b_ref, mags, scales)
+    for got, want in zip(b_native, b_ref):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rule_values(dtype):
+    w = torch.randn(33, 17, dtype=dtype)
+    w[0, :3] = 0.0
+    m = torch.randn(33, 17, dtype=dtype)
+    b1, b2, b3 = (torch.empty_like(w) for _ in range(3))
+    op([w, w, w], [b1, b2, b3], [None, m, None],
+       torch.tensor([1.0, 1.0, 0.25], dtype=torch.float64))
+    assert torch.equal(b1, torch.sign(w))
+    assert torch.equal(b2, torch.sign(w) * m.abs())
+    assert torch.equal(b3, torch.sign(w) * 0.25)
+    assert torch.all(b1[0, :3] == 0)
+
+
+def test_nan_weight_gives_nan_feedback_and_inf_gives_sign():
+    w = torch.tensor([[float("nan"), float("inf"), -float("inf"), -0.0, 2.0]])
+    b = torch.empty_like(w)
+    op([w], [b], [None], torch.ones(1, dtype=torch.float64))
+    assert torch.isnan(b[0, 0]) and b[0, 1] == 1 and b[0, 2] == -1 and b[0, 3] == 0
+    ref = sync_value(w, None, torch.ones((), dtype=torch.float64))
+    assert torch.equal(torch.isnan(ref), torch.isnan(b))
+
+
+def test_empty_list_is_a_no_op():
+    op([], [], [], torch.empty(0, dtype=torch.float64))
+
+
+def test_opcheck():
+    weights, b, mags, scales = make_layers(torch.float32)
+    torch.library.opcheck(op, (weights, b, mags, scales))
+
+
+def _bad(case):
+    w = [torch.randn(4, 5), torch.randn(3, 3)]
+    b = [torch.empty(4, 5), torch.empty(3, 3)]
+    m = [None, None]
+    s = torch.ones(2, dtype=torch.float64)
+    if case == "length":
+        return w, b[:1], m, s
+    if case == "shape":
+        return w, [b[0], torch.empty(3, 4)], m, s
+    if case == "dtype":
+        return w, [b[0], b[1].double()], m, s
+    if case == "mixed_weights":
+        return [w[0], w[1].double()], b, m, s
+    if case == "contiguous":
+        return w, [torch.empty(5, 4).t(), b[1]], m, s
+    if case == "magnitude":
+        return w, b, [torch.randn(4, 4), None], s
+    if case == "scales_dtype":
+        return w, b, m, s.float()
+    if case == "scales_len":
+        return w, b, m, s[:1]
+    if case == "alias":
+        return w, [w[0], b[1]], m, s
+    if case == "int":
+        return [t.int() for t in w], [t.int() for t in b], m, s
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("length", r"'weights', 'b_matrices' and 'magnitudes' must have the same length"),
+    ("shape", r"argument 'b_matrices\[1\]' must have the shape of 'weights\[1\]'"),
+    ("dtype", r"argument 'b_matrices\[1\]' must have the dtype of 'weights\[1\]'"),
+    ("mixed_weights", r"argument 'weights\[1\]' must have the dtype of 'weights\[0\]'"),
+    ("contiguous", r"argument 'b_matrices\[0\]' must be contiguous"),
+    ("magnitude", r"argument 'magnitudes\[0\]' must have the shape of 'weights\[0\]'"),
+    ("scales_dtype", r"argument 'scales' must be float64"),
+    ("scales_len", r"argument 'scales' must have one entry per layer \(2\)"),
+    ("alias", r"argument 'b_matrices\[0\]' must not be the same memory as 'weights\[0\]'"),
+    ("int", r"argument 'weights\[0\]' must be a floating-point tensor"),
+])
+def test_bad_input_is_rejected(case, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        op(*_bad(case))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_cpu_bit_for_bit(dtype):
+    weights, b_cpu, mags, scales = make_layers(dtype)
+    to = lambda ts: [t.cuda() if t is not None else None for t in ts]
+    b_cuda = to(b_cpu)
+    op(to(weights), b_cuda, to(mags), scales.cuda())
+    op(weights, b_cpu, mags, scales)
+    for got, want in zip(b_cuda, b_cpu):
+        assert torch.equal(got.cpu(), want)
+
+
+@requires_cuda
+def test_cuda_unaligned_views():
+    """Pointers off the 16-byte grid take the scalar path; results must not change."""
+    base_w, base_b = torch.randn(1001, device="cuda"), torch.zeros(1001, device="cuda")
+    w, b = base_w[1:].view(40, 25), base_b[1:].view(40, 25)
+    op([w], [b], [None], torch.ones(1, dtype=torch.float64, device="cuda"))
+    assert torch.equal(b, torch.sign(w)) and base_b[0] == 0
