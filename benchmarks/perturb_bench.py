@@ -10,7 +10,6 @@ Peak memory: bytes held by torch allocations during one call, beyond those held 
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
 
