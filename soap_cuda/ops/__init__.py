@@ -3,4 +3,5 @@
 Importing this package makes `torch.ops.soap_cuda.*` complete, whichever backend is active.
 """
 from . import fa_linear  # noqa: F401
+from . import perturb  # noqa: F401
 from . import feedback_sync  # noqa: F401

@@ -1,0 +1,40 @@
+// Batched perturbation ops: Philox noise, the fused noisy bias + activation of a K-tiled batch,
+// and the node-perturbation estimates that regenerate the noise instead of storing it.
+// The CPU (perturb_*_cpu.cpp) and CUDA (perturb_cuda.cu) kernels share the argument checks
+// declared here and the element math of perturb_math.h.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
+
+#include <string>
+#include <tuple>
+
+#include "perturb_math.h"
+
+namespace soap_cuda {
+
+void check_philox_normal_fill_args(const at::Tensor& noise);
+
+// Checks the arguments; returns the activation and the per-pass batch size.
+std::tuple<Activation, int64_t> check_perturbed_bias_act_args(
+    const at::Tensor& pre, const c10::optional<at::Tensor>& bias, double sigma,
+    int64_t num_perturb, bool antithetic, c10::string_view activation);
+
+// losses [K+1, rows]; returns K.
+int64_t check_perturb_estimate_args(const char* op, const at::Tensor& losses, int64_t width,
+                                    double sigma, bool antithetic);
+
+void check_node_perturb_grad_args(const at::Tensor& losses, const at::Tensor& input,
+                                  int64_t out_features, double sigma, bool antithetic);
+
+// Device-generic: the estimate (through the dispatcher, so each device runs its own kernel) in
+// float64, cast to the input's dtype, then one GEMM with the input.
+std::tuple<at::Tensor, at::Tensor> node_perturb_grad(const at::Tensor& losses,
+                                                     const at::Tensor& input,
+                                                     int64_t out_features, double sigma,
+                                                     int64_t seed, int64_t offset,
+                                                     bool antithetic, double scale);
+
+}  // namespace soap_cuda

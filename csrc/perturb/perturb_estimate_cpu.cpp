@@ -1,0 +1,54 @@
+// CPU kernels of perturb_estimate (the node/weight-perturbation estimate of dL/d(perturbed
+// quantity), noise regenerated, float64 accumulation) and node_perturb_grad (estimate + GEMM).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "perturb.h"
+
+namespace soap_cuda {
+namespace {
+
+at::Tensor perturb_estimate_cpu(const at::Tensor& losses, int64_t width, double sigma,
+                                int64_t seed, int64_t offset, bool antithetic, double scale) {
+  const int64_t num_perturb =
+      check_perturb_estimate_args("perturb_estimate", losses, width, sigma, antithetic);
+  const at::Tensor l64 = losses.to(at::kDouble).contiguous();
+  const int64_t rows = losses.size(1);
+  const int64_t slots = num_slots(num_perturb, antithetic);
+  at::Tensor out = at::empty({rows, width}, losses.options());
+  if (out.numel() == 0) return out;
+  const auto useed = static_cast<uint64_t>(seed), uoffset = static_cast<uint64_t>(offset);
+  const double factor = scale / (sigma * static_cast<double>(slots));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "perturb_estimate", [&] {
+    const double* l = l64.data_ptr<double>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(width * slots, 1));
+    at::parallel_for(0, rows, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<double> acc(static_cast<size_t>(width));
+      for (int64_t b = b0; b < b1; ++b) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t m = 0; m < slots; ++m) {
+          const double coef = slot_coefficient(l, rows, m, b, antithetic);
+          const int64_t first = (m * rows + b) * width;
+          philox::for_each_normal(useed, uoffset, first, width,
+                                  [&](int64_t j, double xi) { acc[j] += coef * xi; });
+        }
+        for (int64_t j = 0; j < width; ++j) {
+          o[b * width + j] = static_cast<scalar_t>(acc[j] * factor);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
+  m.impl("perturb_estimate", &perturb_estimate_cpu);
+  m.impl("node_perturb_grad", &node_perturb_grad);
+}
+
+}  // namespace soap_cuda

@@ -1,0 +1,140 @@
+"""soap_cuda.optim.SOAP: slope and curvature along d against d . grad L and d^T H d (known
+Hessian for linear regression, double backward for an MLP), the step rules, the log."""
+import pytest
+import torch
+from torch import nn
+
+from soap_cuda import FALinear
+from soap_cuda.optim import SOAP
+
+
+def mse(out, target):
+    return 0.5 * ((out - target) ** 2).sum(-1)
+
+
+def direction_closure(model, x, y, direction=None):
+    """Closure filling .grad: the FA pseudo-gradient, or -direction when one is given."""
+    def closure():
+        model.zero_grad()
+        loss = mse(model(x), y).mean()
+        loss.backward()
+        if direction is not None:
+            for p, d in zip(model.parameters(), direction):
+                p.grad = -d.clone()
+        return loss
+    return closure
+
+
+def exact_slope_curvature(model, x, y, direction):
+    params = list(model.parameters())
+    loss = mse(model(x), y).mean()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    slope = sum((g * d).sum() for g, d in zip(grads, direction))
+    hd = torch.autograd.grad(slope, params)
+    return slope.item(), sum((h * d).sum() for h, d in zip(hd, direction)).item()
+
+
+def test_linear_regression_known_hessian_and_exact_newton_step():
+    torch.manual_seed(torch.randint(0, 2**31, ()).item())
+    model = nn.Sequential(nn.Linear(5, 3, dtype=torch.float64))
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randn(40, 3, dtype=torch.float64)
+    direction = [torch.randn_like(p) for p in model.parameters()]
+    dw, db = direction
+    # L = mean 0.5 ||W x + b - y||^2: d^T H d = mean ||dW x + db||^2, d . grad = mean r . (dW x + db)
+    resid = model(x) - y
+    want_slope = ((x @ dw.t() + db) * resid).sum(1).mean().item()
+    want_curv = (x @ dw.t() + db).square().sum(1).mean().item()
+    opt = SOAP(model.parameters(), model=model, loss_fn=mse, h=1e-2, max_step=100.0)
+    opt.step(direction_closure(model, x, y, direction), x, y)
+    rec = opt.history[-1]
+    assert rec["g_d"] == pytest.approx(want_slope, rel=1e-8)
+    assert rec["c_d"] == pytest.approx(want_curv, rel=1e-6)
+    # quadratic loss: the Newton step lands on the minimum along d, as predicted
+    assert rec["kind"] == "newton" and not rec["clipped"]
+    assert rec["alpha"] == pytest.approx(-want_slope / want_curv, rel=1e-6)
+    assert rec["actual_change"] == pytest.approx(rec["predicted_change"], rel=1e-6)
+    assert rec["actual_change"] < 0
+
+
+@pytest.mark.parametrize("dtype,h,rtol_c", [(torch.float64, 1e-3, 0.01), (torch.float32, 3e-2, 0.05)])
+def test_mlp_slope_and_curvature_match_double_backward(dtype, h, rtol_c):
+    torch.manual_seed(torch.randint(0, 2**31, ()).item())
+    model = nn.Sequential(nn.Linear(4, 8, dtype=dtype), nn.Tanh(), nn.Linear(8, 2, dtype=dtype))
+    x, y = torch.randn(64, 4, dtype=dtype), torch.randn(64, 2, dtype=dtype)
+    ref = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    ref.load_state_dict(model.state_dict())
+    direction = [torch.randn_like(p) for p in model.parameters()]
+    slope, curv = exact_slope_curvature(ref, x.double(), y.double(), [d.double() for d in direction])
+    opt = SOAP(model.parameters(), model=model, loss_fn=mse, h=h)
+    opt.step(direction_closure(model, x, y, direction), x, y)
+    rec = opt.history[-1]
+    assert rec["g_d"] == pytest.approx(slope, rel=0.01)
+    assert rec["c_d"] == pytest.approx(curv, rel=rtol_c)
+
+
+def test_fa_direction_on_an_fa_mlp_and_training_lowers_the_loss():
+    torch.manual_seed(torch.randint(0, 2**31, ()).item())
+    model = nn.Sequential(FALinear(6, 16, dtype=torch.float64), nn.Tanh(),
+                          FALinear(16, 2, dtype=torch.float64))
+    x = torch.randn(128, 6, dtype=torch.float64)
+    y = torch.sin(x[:, :2]) + 0.5 * x[:, 2:4]
+    opt = SOAP(model.parameters(), model=model, loss_fn=mse, h=1e-3, max_step=0.5)
+    first = None
+    for _ in range(25):
+        loss = opt.step(direction_closure(model, x, y), x, y).item()
+        first = first if first is not None else loss
+    assert loss < 0.7 * first
+    rec = opt.history[0]
+    assert {"g_d", "c_d", "alpha", "step_norm", "predicted_change", "actual_change"} <= set(rec)
+    assert all(r["step_norm"] <= 0.5 + 1e-12 for r in opt.history)
+
+
+def test_fallback_on_negative_curvature_and_trust_bound():
+    model = nn.Sequential(nn.Linear(3, 2, dtype=torch.float64))
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+
+    def concave(out, target):
+        return -((out - target) ** 2).sum(-1)
+
+    def closure():
+        model.zero_grad()
+        loss = concave(model(x), y).mean()
+        loss.backward()
+        return loss
+
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = SOAP(model.parameters(), model=model, loss_fn=concave, fallback_lr=1e-3, max_step=1e-4)
+    opt.step(closure, x, y)
+    rec = opt.history[-1]
+    assert rec["c_d"] < 0 and rec["kind"] == "fallback"
+    assert rec["clipped"] and rec["step_norm"] == pytest.approx(1e-4)
+    moved = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
+    assert moved.item() == pytest.approx(1e-4, rel=1e-9)
+    assert rec["actual_change"] < 0
+
+
+def test_closure_mode_agrees_with_batched_mode_in_float64():
+    model = nn.Sequential(nn.Linear(4, 6, dtype=torch.float64), nn.Sigmoid(),
+                          nn.Linear(6, 2, dtype=torch.float64))
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 2, dtype=torch.float64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    a = SOAP(model.parameters(), model=model, loss_fn=mse, h=1e-3)
+    a.step(direction_closure(model, x, y), x, y)
+    model.load_state_dict(state)
+    b = SOAP(model.parameters(), h=1e-3)   # no model: the closure gives the three losses
+    b.step(direction_closure(model, x, y))
+    for key in ("g_d", "c_d", "alpha", "actual_change"):
+        assert b.history[-1][key] == pytest.approx(a.history[-1][key], rel=1e-6, abs=1e-12)
+
+
+def test_zero_direction_is_a_no_op_and_bad_settings_are_rejected():
+    model = nn.Sequential(nn.Linear(2, 1, dtype=torch.float64))
+    x = torch.randn(4, 2, dtype=torch.float64)
+    opt = SOAP(model.parameters(), model=model, loss_fn=mse)
+    before = [p.detach().clone() for p in model.parameters()]
+    zero = [torch.zeros_like(p) for p in model.parameters()]
+    opt.step(direction_closure(model, x, x[:, :1], zero), x, x[:, :1])
+    assert opt.history[-1]["kind"] == "zero-direction"
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(ValueError):
+        SOAP(model.parameters(), h=0.0)
