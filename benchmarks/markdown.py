@@ -8,6 +8,12 @@ def _f(x, digits=3):
     return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
+def _pct(x):
+    if x is None:
+        return "n/a"
+    return f"{x:.0f}%" if x >= 10 else f"{x:.2g}%"
+
+
 def _mib(b):
     return "n/a" if b is None else f"{b / 2**20:.1f}"
 
@@ -51,7 +57,7 @@ def layers(rows) -> str:
         out.append([r["shape"], r["dtype"], r["phase"], _f(ms["fused"]), _f(ms["python"]),
                     _f(ms["nn.Linear"]), f"{r['fused_over_linear']:.3f}",
                     f"{r['python_over_fused']:.3f}",
-                    f"{_f(r['TFLOPs']['fused'])} ({_f(pct, 2)}%)", r["reps"]])
+                    f"{_f(r['TFLOPs']['fused'])} ({_pct(pct)})", r["reps"]])
     return _table(head, out)
 
 
@@ -63,7 +69,7 @@ def sync(rows) -> str:
         ms, gb = r["median_ms"], r["GBps"]
         out.append([r["model"], f"{r['parameters'] / 1e6:.1f}M", r["rule"], r["dtype"],
                     _f(ms["fused"]), _f(ms["per-layer"]), f"{r['per_layer_over_fused']:.2f}",
-                    f"{_f(gb['fused'])} ({_f(r['fused_pct_of_copy'], 2)}%)", _f(gb["per-layer"]),
+                    f"{_f(gb['fused'])} ({_pct(r['fused_pct_of_copy'])})", _f(gb["per-layer"]),
                     r["reps"]])
     return _table(head, out)
 
@@ -96,14 +102,14 @@ def targets(result: dict) -> str:
         worst = min(big, key=lambda r: r["fused_pct_of_copy"] or 0)
         ok = (worst["fused_pct_of_copy"] or 0) >= 80
         lines.append(f"- Sync above 10M parameters at >= 80% of copy bandwidth: "
-                     f"{'met' if ok else 'missed'} (lowest {_f(worst['fused_pct_of_copy'], 3)}%, "
+                     f"{'met' if ok else 'missed'} (lowest {_pct(worst['fused_pct_of_copy'])}, "
                      f"{worst['model']} {worst['rule']} {worst['dtype']}).")
     elif big:
         lines.append("- Sync bandwidth target is for GPUs; on this CPU the fused sync reached "
-                     + ", ".join(f"{_f(r['fused_pct_of_copy'], 3)}%" for r in big)
+                     + ", ".join(f"{_pct(r['fused_pct_of_copy'])} ({r['model']} {r['rule']})" for r in big)
                      + " of the measured copy bandwidth for the >10M models.")
     if result.get("perturb_skipped"):
-        lines.append(f"- Perturbation: not measured ({result['perturb_skipped']}).")
+        lines.append("- Perturbation: not measured (see above).")
     else:
         k32 = [r for r in result.get("perturb", []) if r["K"] == 32 and r["batch"] == 64]
         if k32:

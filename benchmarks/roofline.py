@@ -37,7 +37,7 @@ def matmul_rate(device: str, n: int, dtype: torch.dtype, reps: int = 10) -> dict
 
 def measure(device: str, quick: bool = False, sizes: dict | None = None) -> dict:
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    sizes = dict(SIZES[kind], **(QUICK if quick else {}), **(sizes or {}))
+    sizes = {**SIZES[kind], **(QUICK if quick else {}), **(sizes or {})}
     reps = 3 if quick else (20 if kind == "cuda" else 5)
     out = {"copy": copy_bandwidth(device, sizes["copy_bytes"], reps), "matmul": {}}
     for dtype in sizes["dtypes"]:
