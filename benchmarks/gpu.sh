@@ -21,20 +21,20 @@ outdir=$(cd "$outdir" && pwd)
 log="$outdir/gpu.log"
 summary="$outdir/summary.md"
 python=${PYTHON:-python3}
-budget=${GPU_SH_BUDGET:-560}  # seconds for everything; steps get what is left, at most their own
+budget=${GPU_SH_BUDGET:-570}  # seconds for everything; steps get what is left, at most their own
 : >"$log"
 printf '# benchmarks/gpu.sh\n\n| step | status | seconds |\n|---|---|---|\n' >"$summary"
 failed=0
 
-step() {  # step NAME LIMIT_S COMMAND...
+step() {  # step NAME LIMIT_S COMMAND...   (OPTIONAL=1 step ...: running out of time is no failure)
   local name=$1 limit=$2
   shift 2
   local left=$((budget - SECONDS))
   ((left < limit)) && limit=$left
-  if ((limit < 5)); then
+  if ((limit < 15)); then
     echo "=== $name: skipped, the ${budget}s budget is spent" | tee -a "$log"
     echo "| $name | skipped (no time left) | 0 |" >>"$summary"
-    failed=1
+    [ "${OPTIONAL:-0}" = 1 ] || failed=1
     return
   fi
   echo "=== $name (limit ${limit}s): $*" | tee -a "$log"
@@ -42,7 +42,9 @@ step() {  # step NAME LIMIT_S COMMAND...
   timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
   rc=$?
   local status="ok"
-  if ((rc == 124 || rc == 137)); then status="TIMED OUT after ${limit}s"; failed=1
+  if ((rc == 124 || rc == 137)); then
+    status="TIMED OUT after ${limit}s"
+    [ "${OPTIONAL:-0}" = 1 ] || failed=1
   elif ((rc != 0)); then status="FAILED (exit $rc)"; failed=1; fi
   echo "=== $name: $status" | tee -a "$log"
   echo "| $name | $status | $((SECONDS - start)) |" >>"$summary"
@@ -59,15 +61,15 @@ import torch, soap_cuda
 print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())
 print('soap_cuda backend:', soap_cuda.backend(), soap_cuda.fallback_reason or '')
 assert soap_cuda.backend() == 'cuda', 'the CUDA kernels are not loaded'"
-step "tests" 120 env SOAP_CUDA_BACKEND=native "$python" -m pytest tests -rs -q
+step "tests" 90 env SOAP_CUDA_BACKEND=native "$python" -m pytest tests -rs -q
 # No caching allocator under memcheck, so each tensor's bounds are the allocation's own.
-step "memcheck" 75 env SOAP_CUDA_BACKEND=native PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+step "memcheck" 100 env SOAP_CUDA_BACKEND=native PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
   compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -m pytest tests -q -k cuda
-step "racecheck" 75 env SOAP_CUDA_BACKEND=native \
+step "racecheck" 80 env SOAP_CUDA_BACKEND=native \
   compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -m pytest tests -q -k cuda
 step "report" 150 "$python" -m benchmarks.report --device cuda --out "$outdir"
-# What time is left: the pytest-benchmark suites on the GPU (CUDA ids only).
-step "pytest-benchmark" 120 "$python" -m pytest benchmarks --benchmark-only -q -k cuda \
+# With the time left (optional: running out is no failure), the pytest-benchmark suites' CUDA cases.
+OPTIONAL=1 step "pytest-benchmark" 120 "$python" -m pytest benchmarks --benchmark-only -q -k cuda \
   --benchmark-json "$outdir/pytest-benchmark.json" --benchmark-columns=median,iqr,rounds
 
 if [ -f "$outdir/report-cuda.md" ]; then

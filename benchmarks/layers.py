@@ -28,11 +28,14 @@ class Shape:
 
 
 SHAPES = (
+    # Almost no arithmetic: the per-call host cost (Python, dispatcher, autograd) that decides
+    # small shapes on a GPU, where the kernels take microseconds.
+    Shape("overhead16-32-4/b8", (16, 32, 4), 8),
     Shape("mlp784-1000-10/b64", (784, 1000, 10), 64),
     Shape("mlp784-1000-10/b256", (784, 1000, 10), 256),
     Shape("linear4096x4096/b1024", (4096, 4096), 1024, heavy=True),
 )
-TINY = Shape("tiny16-32-4/b8", (16, 32, 4), 8)
+TINY = Shape("tiny16-32-4/b8", (16, 32, 4), 8)  # the smoke test's
 
 
 def make_layer(kind: str, n_in: int, n_out: int, device, dtype) -> nn.Module:

@@ -62,7 +62,7 @@ def run(args) -> dict:
         shapes, models, ks, batches = [layers.TINY], [sync.TINY], (1, 2), (4,)
         pdims = (16, 32, 4)
     else:
-        shapes = layers.SHAPES[:1] if args.quick else layers.SHAPES
+        shapes = layers.SHAPES[:2] if args.quick else layers.SHAPES
         models = [m for m in sync.MODELS if device == "cuda" or not m.gpu_only]
         models = models[:1] if args.quick else models
         ks = perturbation.K_QUICK if args.quick else perturbation.K_VALUES
