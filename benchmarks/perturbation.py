@@ -1,8 +1,9 @@
-"""Batched perturbation forward passes (K noisy copies of a batch in one pass, noise regenerated
-in the kernel) against a Python loop of K noisy passes with stored noise.
+"""Batched perturbation forward passes (`soap_cuda.perturb.perturbed_forward`: the clean pass and
+K noisy passes as one pass of a K-tiled batch, the noise regenerated in the kernel) against the
+Python loop of K + 1 passes with stored noise (`soap_cuda.reference.perturb_model`).
 
-Needs `soap_cuda.perturb`, which lands from the perturbation branch; without it `skip_reason()`
-says so and every caller skips. When `benchmarks/perturb_bench.py` (that branch's file) defines
+Both come from the perturbation branch; without them `skip_reason()` says so and every caller
+skips. When `benchmarks/perturb_bench.py` (that branch's file) defines
 `report_rows(device, quick)`, the report uses its rows instead of these.
 """
 from __future__ import annotations
@@ -11,23 +12,27 @@ import importlib
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 K_VALUES = (1, 8, 32, 64)
 K_QUICK = (1, 32)
 BATCHES = (64, 256)
-DIMS = (784, 1000, 10)  # node perturbation of the hidden layer of the MNIST MLP
+DIMS = (784, 1000, 10)  # node perturbation of every layer of the MNIST MLP
 SIGMA = 1e-2
 KINDS = ("batched", "loop")
 
 
 def skip_reason() -> str | None:
     try:
-        importlib.import_module("soap_cuda.perturb")
+        api = importlib.import_module("soap_cuda.perturb")
+        ref = importlib.import_module("soap_cuda.reference.perturb_model")
     except ImportError as exc:
         return (f"soap_cuda.perturb is not in this checkout ({exc}); it lands from the "
                 "perturbation branch: perturbation benchmarks skipped")
-    if not hasattr(torch.ops.soap_cuda, "perturbed_bias_act"):
-        return "torch.ops.soap_cuda.perturbed_bias_act is missing: perturbation benchmarks skipped"
+    missing = [n for n, m in (("perturbed_forward", api), ("perturbed_losses_loop", ref))
+               if not hasattr(m, n)]
+    if missing:
+        return f"soap_cuda.perturb lacks {missing}: perturbation benchmarks skipped"
     return None
 
 
@@ -40,44 +45,46 @@ def delegate():
     return getattr(mod, "report_rows", None)
 
 
+def _per_example_ce(output, target):
+    return F.cross_entropy(output, target, reduction="none")
+
+
 class PerturbWorkload:
-    """K noisy forward passes of a 784-1000-10 MLP (noise on the hidden pre-activation), giving
-    the [K + 1, batch] losses (row 0 clean) a node-perturbation estimate starts from."""
+    """K noisy forward passes of a 784-1000-10 FA MLP (noise on every layer's pre-activation),
+    giving the [K + 1, batch] losses (row 0 clean) a node-perturbation estimate starts from."""
 
     def __init__(self, k: int, batch: int, device: str, dtype=torch.float32, dims=DIMS):
-        g = torch.Generator(device="cpu").manual_seed(0)
-        d0, d1, d2 = dims
-        mk = lambda *s: (torch.randn(*s, generator=g) / s[-1] ** 0.5).to(device, dtype)  # noqa
-        self.w1, self.b1, self.w2, self.b2 = mk(d1, d0), mk(d1), mk(d2, d1), mk(d2)
-        self.x = torch.randn(batch, d0, generator=g).to(device, dtype)
-        self.y = torch.randint(0, d2, (batch,), generator=g).to(device)
-        self.k, self.batch, self.width = k, batch, d1
-        self.offset = 0
+        import soap_cuda
+        torch.manual_seed(0)
+        mods = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            mods += [nn.ReLU()] if i else []
+            mods.append(soap_cuda.FALinear(a, b, device=device, dtype=dtype))
+        self.model = nn.Sequential(*mods)
+        self.linear = [(name, m) for name, m in self.model.named_modules()
+                       if isinstance(m, soap_cuda.FALinear)]
+        self.x = torch.randn(batch, dims[0], device=device, dtype=dtype)
+        self.y = torch.randint(0, dims[-1], (batch,), device=device)
+        self.k, self.batch = k, batch
+        self.step = 0
 
-    def _losses(self, h):
-        out = F.linear(h, self.w2, self.b2)
-        return F.cross_entropy(out, self.y.repeat(h.shape[0] // self.batch), reduction="none")
-
-    @torch.no_grad()
     def batched(self):
-        pre = F.linear(self.x, self.w1).repeat(self.k + 1, 1)  # the input is shared by all passes
-        self.offset += 1  # a fresh noise stream per call, as in training
-        h = torch.ops.soap_cuda.perturbed_bias_act(pre, self.b1, SIGMA, 1234, self.offset,
-                                                   self.k, False, "relu")
-        return self._losses(h).view(self.k + 1, self.batch)
+        from soap_cuda.perturb import perturbed_forward
+        self.step += 1  # fresh noise streams each call, as in training
+        return perturbed_forward(self.model, self.x, self.y, _per_example_ce, self.k, SIGMA,
+                                 seed=1234, offset=self.step).all_losses
 
-    @torch.no_grad()
     def loop(self):
-        losses = [self._losses(torch.relu(F.linear(self.x, self.w1, self.b1)))]
-        for _ in range(self.k):
-            noise = torch.randn(self.batch, self.width, device=self.x.device, dtype=self.x.dtype)
-            h = torch.relu(F.linear(self.x, self.w1, self.b1) + SIGMA * noise)
-            losses.append(self._losses(h))
-        return torch.stack(losses)
+        from soap_cuda.reference.perturb_model import perturbed_losses_loop
+        noise = {name: torch.randn(self.k, self.batch, m.out_features, device=self.x.device,
+                                   dtype=self.x.dtype) for name, m in self.linear}
+        return perturbed_losses_loop(self.model, self.x, self.y, _per_example_ce, SIGMA, noise,
+                                     self.k)
 
     def noise_bytes(self) -> int:
         """K stored copies of the noise: what the batched pass must stay well below."""
-        return self.k * self.batch * self.width * self.x.element_size()
+        return sum(self.k * self.batch * m.out_features * self.x.element_size()
+                   for _, m in self.linear)
 
 
 def peak_extra_bytes(fn, device: str) -> int | None:
