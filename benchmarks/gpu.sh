@@ -10,6 +10,7 @@
 #   summary.md        each step's status and time, then the report's tables
 #   gpu.log           every step's full output, in order
 #   report-cuda.md    the benchmark tables;  report-cuda.json  the same, in full
+#   overhead-cuda.md  host cost per layer call, by call path (benchmarks/overhead.py)
 #   pytest-benchmark.json   the pytest-benchmark suites' results (if that step ran)
 # Every step has a time limit; a failed step does not stop the others; the exit status is
 # non-zero if any step failed.
@@ -68,13 +69,14 @@ step "memcheck" 100 env SOAP_CUDA_BACKEND=native PYTORCH_NO_CUDA_MEMORY_CACHING=
 step "racecheck" 80 env SOAP_CUDA_BACKEND=native \
   compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -m pytest tests -q -k cuda
 step "report" 150 "$python" -m benchmarks.report --device cuda --out "$outdir"
+step "overhead" 60 sh -c "'$python' -m benchmarks.overhead --device cuda > '$outdir/overhead-cuda.md'"
 # With the time left (optional: running out is no failure), the pytest-benchmark suites' CUDA cases.
 OPTIONAL=1 step "pytest-benchmark" 120 "$python" -m pytest benchmarks --benchmark-only -q -k cuda \
   --benchmark-json "$outdir/pytest-benchmark.json" --benchmark-columns=median,iqr,rounds
 
-if [ -f "$outdir/report-cuda.md" ]; then
-  { echo; cat "$outdir/report-cuda.md"; } >>"$summary"
-fi
+for f in report-cuda.md overhead-cuda.md; do
+  [ -f "$outdir/$f" ] && { echo; cat "$outdir/$f"; } >>"$summary"
+done
 echo "total ${SECONDS}s; results in $outdir" | tee -a "$log"
 cat "$summary"
 exit $failed

@@ -25,12 +25,13 @@ class Shape:
     dims: tuple  # layer widths, input first: (784, 1000, 10) is 784-1000-10 with ReLU between
     batch: int
     heavy: bool = False  # minutes on a small CPU: fewer repetitions there
+    overhead: bool = False  # measures host cost per call, not one of the target shapes
 
 
 SHAPES = (
     # Almost no arithmetic: the per-call host cost (Python, dispatcher, autograd) that decides
     # small shapes on a GPU, where the kernels take microseconds.
-    Shape("overhead16-32-4/b8", (16, 32, 4), 8),
+    Shape("overhead16-32-4/b8", (16, 32, 4), 8, overhead=True),
     Shape("mlp784-1000-10/b64", (784, 1000, 10), 64),
     Shape("mlp784-1000-10/b256", (784, 1000, 10), 256),
     Shape("linear4096x4096/b1024", (4096, 4096), 1024, heavy=True),

@@ -56,6 +56,7 @@ def run_layers(device: str, dtypes, shapes, plan: Plan, peaks: dict) -> list[dic
                 tflops = {k: work / (ms[k] / 1e3) / 1e12 for k in layers.KINDS}
                 rows.append({
                     "shape": shape.name, "batch": shape.batch, "dtype": _dtype_name(dtype),
+                    "overhead_shape": shape.overhead,
                     "phase": phase, "median_ms": ms,
                     "iqr_ms": {k: t[k].iqr_s * 1e3 for k in layers.KINDS},
                     "reps": min(len(t[k].times_s) for k in layers.KINDS),

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import layers, markdown, perturbation, report  # noqa: E402
+from benchmarks import layers, markdown, overhead, perturbation, report  # noqa: E402
 
 from conftest import devices  # noqa: E402
 
@@ -57,3 +57,8 @@ def test_benchmark_suites_import(suite):
     """The pytest-benchmark suites import (their parameters are built at import)."""
     module = importlib.import_module(f"benchmarks.{suite}")
     assert callable(getattr(module, suite))
+
+
+def test_overhead_breakdown_runs(capsys):
+    assert overhead.main(["--device", "cpu", "--reps", "3"]) == 0
+    assert "FALinear module" in capsys.readouterr().out
