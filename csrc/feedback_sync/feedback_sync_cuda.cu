@@ -2,6 +2,7 @@
 // blocks along x stride over it with 16-byte vector loads/stores (scalar head/tail where a
 // pointer is not 16-byte aligned or the size is not a multiple of the vector width).
 // Bandwidth-bound: per element it reads W (and |M|) once and writes B once.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>

@@ -1,0 +1,55 @@
+"""torch.compile: an FA MLP compiles with fullgraph=True (no graph breaks) and gives eager's
+gradients; the example-counted sync schedule still runs on time around a compiled model."""
+import pytest
+import torch
+from torch import nn
+
+import soap_cuda
+from soap_cuda import FALinear
+
+
+def grads(model, x, target):
+    model.zero_grad()
+    nn.functional.mse_loss(model(x), target).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("rule", ["fa", "bp", "rescaled_sign"])
+def test_inductor_fullgraph_matches_eager(rule):
+    torch.manual_seed(0)
+    model = nn.Sequential(FALinear(12, 32, feedback=rule), nn.ReLU(), FALinear(32, 6, feedback=rule))
+    soap_cuda.sync_feedback(model)
+    x, target = torch.randn(16, 12), torch.randn(16, 6)
+    eager = grads(model, x, target)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    for got, want in zip(grads(compiled, x, target), eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+
+
+def test_schedule_runs_eagerly_around_a_compiled_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(FALinear(8, 8, feedback="sign", sync_every=20), nn.Tanh(), FALinear(8, 2))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    for n in (8, 8, 8, 8, 8):
+        compiled(torch.randn(n, 8)).sum().backward()
+    assert model[0].examples_seen == 40 and model[0].sync_count == 2
+    assert torch.equal(model[0].b_matrix, torch.sign(model[0].weight.detach()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_opcheck_every_op_and_dtype_on_cpu(dtype):
+    x = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    w = torch.randn(3, 7, dtype=dtype, requires_grad=True)
+    b = torch.randn(3, dtype=dtype, requires_grad=True)
+    B = torch.randn(3, 7, dtype=dtype)
+    torch.library.opcheck(torch.ops.soap_cuda.fa_linear.default, (x, w, b, B),
+                          atol=1e-2 if dtype == torch.bfloat16 else None,
+                          rtol=1e-2 if dtype == torch.bfloat16 else None)
+    torch.library.opcheck(torch.ops.soap_cuda.fa_linear_backward.default,
+                          (torch.randn(5, 3, dtype=dtype), x.detach(), B, [True, True, True]))
+    torch.library.opcheck(torch.ops.soap_cuda.feedback_sync_.default,
+                          ([w.detach()], [torch.empty_like(B)], [B], torch.ones(1, dtype=torch.float64)))
