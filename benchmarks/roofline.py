@@ -43,6 +43,6 @@ def measure(device: str, quick: bool = False, sizes: dict | None = None) -> dict
     for dtype in sizes["dtypes"]:
         r = matmul_rate(device, sizes["matmul_n"], dtype, reps)
         out["matmul"][r["dtype"]] = r
-    if kind == "cuda":
-        out["tf32_matmul_allowed"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    if kind == "cuda":  # float32 GEMMs run in TF32 only when allowed: say which was measured
+        out["tf32_matmul_allowed"] = bool(getattr(torch.backends.cuda.matmul, "allow_tf32", False))
     return out

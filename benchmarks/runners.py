@@ -21,7 +21,7 @@ class Plan:
 
 PLANS = {
     "cuda": Plan(reps=200, heavy_reps=50, warmup=10, max_seconds=20.0),
-    "cpu": Plan(reps=60, heavy_reps=5, warmup=2, max_seconds=60.0),
+    "cpu": Plan(reps=60, heavy_reps=15, warmup=2, max_seconds=60.0),
     "quick": Plan(reps=10, heavy_reps=3, warmup=2, max_seconds=5.0),
     "tiny": Plan(reps=2, heavy_reps=2, warmup=1, max_seconds=5.0),
 }
