@@ -1,0 +1,71 @@
+"""TrainConfig: everything that defines one training run, serialisable to JSON."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from .models import SYNCED_RULES, feedback_rules
+from .optimizers import OPTIMIZERS, ConfigError
+
+
+@dataclass
+class TrainConfig:
+    rule: str = "fa"
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    sync_every: int | None = 1000  # examples between feedback syncs (sign rules only)
+    sync_at_start: bool = False  # sign rules: also sync before the first batch
+    seed: int = 0
+    epochs: float = 5.0  # fractional epochs allowed: the budget is epochs * train examples
+    batch_size: int = 32
+    hidden: list[int] = field(default_factory=lambda: [1000])
+    activation: str = "tanh"
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    download: bool = False
+    train_examples: int | None = None
+    test_examples: int | None = None
+    eval_every: int | None = None  # examples between evaluations; None = 20 per epoch
+    probe_examples: int = 512  # training examples used to measure error-signal alignment
+    layer_lr_scale: dict[str, float] | None = None  # gain-matched backprop: lr multiplier per layer
+    label: str | None = None  # the arm's name in a sweep; defaults to the rule
+    device: str = "cpu"
+
+    def __post_init__(self):
+        self.hidden = [int(h) for h in self.hidden]
+        self.validate()
+
+    @property
+    def name(self) -> str:
+        return self.label or self.rule
+
+    def validate(self) -> None:
+        rules = feedback_rules()
+        if self.rule not in rules:
+            raise ConfigError(f"unknown rule {self.rule!r}; this install supports "
+                              f"{', '.join(rules)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from "
+                              f"{', '.join(OPTIMIZERS)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise ConfigError("epochs and batch size must be positive")
+        if any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"hidden sizes must be positive, got {self.hidden}")
+        if self.rule in SYNCED_RULES and (self.sync_every is None or self.sync_every <= 0):
+            raise ConfigError(f"rule {self.rule!r} updates B from W: give --sync-every T > 0")
+        if self.eval_every is not None and self.eval_every <= 0:
+            raise ConfigError("--eval-every must be positive")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight decay must be non-negative")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

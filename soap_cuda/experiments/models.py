@@ -1,0 +1,50 @@
+"""The MLP every experiment trains: FALinear layers whose feedback rule is the variable."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+import soap_cuda
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+# Rules that change B during training and so need a sync period.
+SYNCED_RULES = ("sign", "rescaled_sign", "scaled_sign", "random_sign")
+
+
+def feedback_rules() -> tuple[str, ...]:
+    """The layer feedback rules this install supports, plus 'soap' (an optimizer on FA layers)."""
+    rules = tuple(getattr(soap_cuda, "FEEDBACK_RULES", ("fa",)))
+    return rules + ("soap",)
+
+
+def build_mlp(in_features: int, hidden: list[int] | tuple[int, ...], num_classes: int,
+              rule: str = "fa", sync_every: int | None = None, activation: str = "tanh",
+              device=None, sync_at_start: bool = False) -> nn.Sequential:
+    """`in -> hidden... -> classes` with FALinear layers named fc1, fc2, ...
+
+    Every rule, backprop included, runs through the same FALinear code, so the rule is the only
+    difference between arms. 'soap' builds plain FA layers; its optimizer does the rest.
+    """
+    feedback = "fa" if rule == "soap" else rule
+    sizes = [in_features, *hidden, num_classes]
+    layers: list[tuple[str, nn.Module]] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        kwargs = {}
+        if hasattr(soap_cuda, "FEEDBACK_RULES"):
+            synced = feedback in SYNCED_RULES
+            kwargs = {"feedback": feedback, "sync_every": sync_every if synced else None}
+            if synced and sync_at_start:
+                kwargs["sync_at_start"] = True
+        elif feedback != "fa":
+            raise RuntimeError(f"rule {rule!r} needs FALinear(feedback=...), which this "
+                               f"soap_cuda ({soap_cuda.__version__}) does not have")
+        layers.append((f"fc{i}", soap_cuda.FALinear(a, b, device=device, **kwargs)))
+        if i < len(sizes) - 1:
+            layers.append((f"act{i}", ACTIVATIONS[activation]()))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def fa_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, soap_cuda.FALinear)]

@@ -1,0 +1,58 @@
+"""Optimizers for the experiments: SGD (default), Adam, and SOAP where installed.
+
+Per-layer learning-rate scales (the gain-matched backprop control) become one param group per
+layer, so the optimizer itself applies them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models import fa_layers
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class ConfigError(ValueError):
+    """An experiment setting that cannot run; the message says which and why."""
+
+
+def soap_optimizer_class():
+    try:
+        from soap_cuda.optim import SOAP  # lands from another branch; optional until then
+    except ImportError as e:
+        raise ConfigError("--rule soap needs soap_cuda.optim.SOAP, which this install of "
+                          "soap_cuda does not provide yet") from e
+    return SOAP
+
+
+def param_groups(model: nn.Module, lr: float, layer_lr_scale: dict[str, float] | None):
+    if not layer_lr_scale:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    groups, seen = [], set()
+    for name, layer in fa_layers(model):
+        if name not in layer_lr_scale:
+            raise ConfigError(f"layer_lr_scale has no entry for layer {name!r} "
+                              f"(has {sorted(layer_lr_scale)})")
+        params = [p for p in layer.parameters() if p.requires_grad]
+        seen.update(id(p) for p in params)
+        groups.append({"params": params, "lr": lr * float(layer_lr_scale[name]),
+                       "layer": name})
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr": lr})
+    return groups
+
+
+def make_optimizer(model: nn.Module, rule: str, optimizer: str, lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0, layer_lr_scale: dict[str, float] | None = None):
+    groups = param_groups(model, lr, layer_lr_scale)
+    if rule == "soap":
+        return soap_optimizer_class()(groups, lr=lr)
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "adam":
+        if momentum:
+            raise ConfigError("--momentum applies to SGD only; Adam uses its own betas")
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")

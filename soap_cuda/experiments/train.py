@@ -1,0 +1,297 @@
+"""One training run: MLP + feedback rule + optimizer, metrics as JSON lines, exact resume.
+
+Records (one JSON object per line):
+  {"kind": "config", ...}   the TrainConfig and the dataset summary
+  {"kind": "eval", ...}     at examples 0, every `eval_every` examples, and at the end: full
+                            train/test loss and accuracy, and per layer the B-W angle and the
+                            error signal's angle and norm ratio against backprop
+  {"kind": "final", ...}    the last eval's numbers plus wall time and whether the run diverged
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import soap_cuda
+
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .models import build_mlp
+from .optimizers import make_optimizer
+
+CHECKPOINT_VERSION = 1
+# A run counts as diverged (and stops) when its loss is not finite or exceeds this multiple of
+# its initial training loss: far worse than chance, it is not coming back within the budget.
+DIVERGE_FACTOR = 10.0
+
+
+def _metrics_module():
+    try:
+        from soap_cuda import metrics
+    except ImportError:
+        return None
+    return metrics
+
+
+@torch.no_grad()
+def _loss_acc(model, x, y, chunk: int = 8192) -> tuple[float, float]:
+    total, correct = 0.0, 0
+    for i in range(0, len(y), chunk):
+        out = model(x[i:i + chunk])
+        total += float(F.cross_entropy(out, y[i:i + chunk], reduction="sum"))
+        correct += int((out.argmax(1) == y[i:i + chunk]).sum())
+    return total / len(y), correct / len(y)
+
+
+def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Losses, accuracies and per-layer alignment; eval mode so no feedback sync is counted."""
+    was_training = model.training
+    model.eval()
+    try:
+        rec = {}
+        rec["train_loss"], rec["train_acc"] = _loss_acc(model, data.x_train, data.y_train)
+        rec["test_loss"], rec["test_acc"] = _loss_acc(model, data.x_test, data.y_test)
+        metrics = _metrics_module()
+        layers: dict[str, dict] = {}
+        if metrics is not None:
+            for name, m in metrics.feedback_alignment(model).items():
+                layers.setdefault(name, {}).update(
+                    bw_angle_deg=m["angle_deg"], bw_norm_ratio=m["norm_ratio"])
+            if all(math.isfinite(rec[k]) for k in ("train_loss", "test_loss")):
+                err = metrics.error_signal_alignment(model, F.cross_entropy, *probe)
+                for name, m in err.items():
+                    layers.setdefault(name, {}).update(
+                        err_angle_deg=m["angle_deg"], err_norm_ratio=m["norm_ratio"],
+                        wgrad_angle_deg=m["weight_grad_angle_deg"],
+                        wgrad_norm_ratio=m["weight_grad_norm_ratio"])
+        rec["layers"] = layers
+        return rec
+    finally:
+        model.train(was_training)
+
+
+def _epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
+    # A pure function of (seed, epoch): resuming needs no generator state.
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    return torch.randperm(n, generator=g).to(device)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else (1e308 if x > 0 else -1e308)
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+class _Writer:
+    """JSON-lines sink; on resume the file is rewritten from the checkpoint's records."""
+
+    def __init__(self, path: Path | None, records: list[dict]):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w") as f:
+                for r in records:
+                    f.write(json.dumps(_json_safe(r)) + "\n")
+
+    def write(self, rec: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(_json_safe(rec)) + "\n")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="ex", unit_scale=True, desc=desc, file=sys.stderr,
+                dynamic_ncols=True, leave=True)
+
+
+def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
+          checkpoint_path: str | os.PathLike | None = None, resume: bool = False,
+          data: Dataset | None = None, progress: bool = False,
+          checkpoint_every_evals: int = 1) -> list[dict]:
+    """Run `cfg`; return its records (also written to `out_path` as JSON lines).
+
+    With `checkpoint_path`, a checkpoint is written atomically every `checkpoint_every_evals`
+    evaluations and at the end; `resume=True` continues from it exactly (same data order, same
+    RNG state, same optimizer state), also when `cfg.epochs` was raised to train longer.
+    """
+    cfg.validate()
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
+                            cfg.train_examples, cfg.test_examples)
+    device = data.x_train.device
+    n = len(data.y_train)
+    budget = int(round(cfg.epochs * n))
+    eval_every = cfg.eval_every or max(1, n // 20)
+    probe = (data.x_train[:cfg.probe_examples], data.y_train[:cfg.probe_examples])
+
+    torch.manual_seed(cfg.seed)
+    model = build_mlp(data.in_features, cfg.hidden, data.num_classes, cfg.rule, cfg.sync_every,
+                      cfg.activation, device, cfg.sync_at_start)
+    opt = make_optimizer(model, cfg.rule, cfg.optimizer, cfg.lr, cfg.momentum,
+                         cfg.weight_decay, cfg.layer_lr_scale)
+
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise RuntimeError(f"{ckpt}: checkpoint version {state.get('version')} not supported")
+        old = dict(state["config"])
+        new = cfg.to_dict()
+        diff = [k for k in new if k not in ("epochs", "device") and old.get(k) != new[k]]
+        if diff:
+            raise RuntimeError(f"{ckpt}: checkpoint was made with different settings "
+                               f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)})")
+        model.load_state_dict(state["model"])
+        with torch.no_grad():  # buffers verbatim: FALinear's loader may re-derive B0 from B
+            for name, buf in model.named_buffers():
+                if name in state["model"]:
+                    buf.copy_(state["model"][name])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        pos = state["position"]
+        records = [r for r in state["records"] if r["kind"] != "final"]
+        elapsed0 = state["elapsed_s"]
+    else:
+        pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "next_eval": 0,
+               "evals": 0, "batch_loss_sum": 0.0, "batch_loss_n": 0}
+        records = [{"kind": "config", "config": cfg.to_dict(), "data": data.summary(),
+                    "backend": soap_cuda.backend(), "torch": torch.__version__}]
+        elapsed0 = 0.0
+    writer = _Writer(Path(out_path) if out_path else None, records)
+    t0 = time.perf_counter() - elapsed0
+
+    def log_eval(diverged: bool = False) -> dict:
+        rec = {"kind": "eval", "examples": pos["examples"], "step": pos["step"],
+               "epoch": pos["examples"] / n,
+               "batch_loss": (pos["batch_loss_sum"] / pos["batch_loss_n"]
+                              if pos["batch_loss_n"] else None)}
+        if diverged:
+            rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
+                       test_acc=None, layers={})
+        else:
+            rec.update(evaluate(model, data, probe))
+            evals = [r for r in records if r["kind"] == "eval"]
+            if evals and not rec["train_loss"] <= DIVERGE_FACTOR * evals[0]["train_loss"]:
+                rec["diverged"] = True
+        rec["wall_s"] = time.perf_counter() - t0
+        pos["batch_loss_sum"], pos["batch_loss_n"] = 0.0, 0
+        records.append(rec)
+        writer.write(rec)
+        return rec
+
+    def checkpoint() -> None:
+        if ckpt is None:
+            return
+        _save_checkpoint(ckpt, {
+            "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "position": dict(pos), "records": records,
+            "elapsed_s": time.perf_counter() - t0})
+
+    bar = _progress(budget, progress, cfg.name)
+    if bar is not None:
+        bar.update(pos["examples"])
+    diverged = False
+    model.train()
+    if pos["examples"] == 0 and pos["evals"] == 0:
+        log_eval()
+        pos["evals"], pos["next_eval"] = 1, eval_every
+    while pos["examples"] < budget and not diverged:
+        order = _epoch_order(cfg.seed, pos["epoch"], n, device)
+        while pos["batch"] * cfg.batch_size < n and pos["examples"] < budget:
+            start = pos["batch"] * cfg.batch_size
+            take = min(cfg.batch_size, n - start, budget - pos["examples"])
+            idx = order[start:start + take]
+            xb, yb = data.x_train[idx], data.y_train[idx]
+
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                return loss
+
+            loss = opt.step(closure)
+            loss = float(loss.detach() if torch.is_tensor(loss) else loss)
+            pos["batch"] += 1
+            pos["step"] += 1
+            pos["examples"] += take
+            if bar is not None:
+                bar.update(take)
+            if not math.isfinite(loss):
+                diverged = True
+                break
+            pos["batch_loss_sum"] += loss * take
+            pos["batch_loss_n"] += take
+            if pos["examples"] >= pos["next_eval"] and pos["examples"] < budget:
+                rec = log_eval()
+                pos["evals"] += 1
+                pos["next_eval"] += eval_every
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", acc=f"{rec['test_acc']:.3f}")
+                if rec.get("diverged"):
+                    diverged = True
+                    break
+                if pos["evals"] % checkpoint_every_evals == 0:
+                    checkpoint()
+        if pos["batch"] * cfg.batch_size >= n:
+            pos["epoch"] += 1
+            pos["batch"] = 0
+    if bar is not None:
+        bar.close()
+    last = log_eval(diverged=diverged)
+    diverged = diverged or bool(last.get("diverged"))
+    pos["evals"] += 1
+    while pos["next_eval"] <= pos["examples"]:  # so a resumed run does not re-log this point
+        pos["next_eval"] += eval_every
+    final = {k: last.get(k) for k in ("examples", "train_loss", "train_acc", "test_loss",
+                                       "test_acc")}
+    if diverged:
+        final["train_loss"] = final["test_loss"] = math.inf
+    final.update(kind="final", diverged=diverged, wall_s=time.perf_counter() - t0)
+    records.append(final)
+    writer.write(final)
+    checkpoint()
+    return records
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a JSON-lines results file (None losses from diverged runs become inf)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            for k in ("train_loss", "test_loss"):
+                if k in rec and (rec[k] is None or rec[k] >= 1e308):
+                    rec[k] = math.inf
+            out.append(rec)
+    return out

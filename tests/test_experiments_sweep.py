@@ -1,0 +1,114 @@
+"""A tiny sweep end to end (real digits, in-process): grid extension, gain-matched backprop,
+Adam arms, analysis, report with figures, and reuse of finished runs."""
+import json
+
+import pytest
+import torch
+
+from soap_cuda.experiments.controls import gain_matched_label
+from soap_cuda.experiments.optimizers import ConfigError
+from soap_cuda.experiments.report import write_report
+from soap_cuda.experiments.runs import run_path
+from soap_cuda.experiments.sweep import Sweep, SweepSpec
+
+BASE = dict(dataset="digits", hidden=[16], epochs=1, batch_size=16, train_examples=320,
+            test_examples=80, eval_every=80, probe_examples=64, sync_every=80)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def spec(**kw):
+    d = dict(rules=["bp", "fa", "sign"], lrs=[0.01, 0.1], seeds=2, fixed_lr=0.01,
+             gain_match=["sign"], adam_rules=["bp", "sign"], adam_lrs=[1e-3], max_extend=1,
+             base=BASE)
+    d.update(kw)
+    return SweepSpec(**d)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("sweep")
+    result = Sweep(spec(), out, jobs=1).run()
+    return out, result
+
+
+def test_sweep_bookkeeping(swept):
+    out, result = swept
+    arms = {a["label"]: a for a in result["arms"]}
+    assert set(arms) == {"bp", "fa", "sign", gain_matched_label("sign"), "bp+adam", "sign+adam"}
+    # A single-lr Adam grid has its best "at the edge" by definition: it must have been extended
+    # once and then flagged.
+    assert len(arms["bp+adam"]["lrs"]) == 3 and "added lr 0.000316, 0.00316" in \
+        arms["bp+adam"]["notes"][0]
+    best = result["analysis"]["best_lr"]
+    for label, a in arms.items():
+        assert best[label]["lr"] in a["lrs"]
+        for lr in a["lrs"]:
+            for s in result["seeds"]:
+                assert run_path(out, label, lr, s).is_file()
+    # Gain-matched backprop got sign's measured gain on fc1, and exactly 1 on the output layer.
+    gains = result["gains"][gain_matched_label("sign")]
+    g = gains[repr(0.01)]
+    assert g["fc1"] > 1.0 and g["fc2"] == pytest.approx(1.0, abs=1e-6)
+    cfg = json.loads(run_path(out, gain_matched_label("sign"), 0.01, 0).read_text()
+                     .splitlines()[0])["config"]
+    assert cfg["rule"] == "bp" and cfg["layer_lr_scale"] == pytest.approx(g)
+
+
+def test_contrasts(swept):
+    _, result = swept
+    cs = {c["name"]: c for c in result["analysis"]["contrasts"]}
+    assert set(cs) == {"sgd_fixed_lr", "sgd_best_lr", "gain_matched_sign_fixed_lr",
+                       "gain_matched_sign_best_lr", "adam_best_lr"}
+    for c in cs.values():
+        ref = next(m for m in c["members"] if m["arm"] == c["ref"])
+        assert ref["verdict"] == "reference"
+        assert ref["ratio_vs_ref"]["estimate"] == pytest.approx(1.0)
+        for m in c["members"]:
+            r = m["ratio_vs_ref"]
+            assert m["verdict"] in ("reference", "faster", "slower", "not resolved")
+            if r["bound"] == "exact":
+                assert r["lo"] <= r["estimate"] <= r["hi"]
+    fixed = cs["sgd_fixed_lr"]
+    assert all(m["lr"] == 0.01 for m in fixed["members"])
+
+
+def test_report_writes_markdown_and_pngs(swept):
+    out, _ = swept
+    path = write_report(out, target_loss=1.5)  # one call: rendering is the slow part
+    text = path.read_text()
+    assert "Target training loss 1.5 (set by the user)" in text
+    for heading in ("## 1.", "## 2.", "## 3.", "gain-matched", "Adam"):
+        assert heading in text
+    figs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert {"lr_sensitivity.png", "alignment.png", "gains.png",
+            "curves_sgd_fixed_lr.png"} <= set(figs)
+    for name in figs:
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{name}" in text
+
+
+def test_rerun_reuses_finished_runs(swept):
+    out, result = swept
+    files = sorted((out / "runs").rglob("*.jsonl"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = Sweep(spec(), out, jobs=1).run()
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert again["analysis"]["best_lr"] == result["analysis"]["best_lr"]
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(rules=["fa", "sign"]), "include bp"),
+                                    (dict(seeds=1), "2 seeds"),
+                                    (dict(gain_match=["rescaled_sign"]), "gain-match"),
+                                    (dict(adam_rules=["sign"]), "adam-rules"),
+                                    (dict(rules=["bp", "bogus"], gain_match=[]), "unknown rule")])
+def test_spec_errors(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        spec(**kw).validate()

@@ -1,0 +1,138 @@
+"""Training runs end to end on real digits (tiny): records, metrics, exact resume, controls."""
+import math
+
+import pytest
+import torch
+
+from soap_cuda.experiments.config import TrainConfig
+from soap_cuda.experiments.data import load_dataset
+from soap_cuda.experiments.models import build_mlp
+from soap_cuda.experiments.optimizers import ConfigError, make_optimizer
+from soap_cuda.experiments.train import read_records, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", train_examples=256, test_examples=64)
+
+
+def cfg(**kw):
+    base = dict(dataset="digits", hidden=[16], epochs=2, batch_size=16, eval_every=64,
+                probe_examples=64, sync_every=64, lr=0.05)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def evals(records):
+    return [r for r in records if r["kind"] == "eval"]
+
+
+def test_digits_dataset_is_real_and_standardised(digits):
+    assert digits.x_train.shape == (256, 64) and digits.num_classes == 10
+    assert set(digits.y_train.tolist()) == set(range(10))
+    assert abs(float(digits.x_train.mean())) < 0.2
+
+
+def test_records_and_metrics(digits, tmp_path):
+    recs = train(cfg(rule="sign"), out_path=tmp_path / "m.jsonl", data=digits)
+    assert [r["kind"] for r in recs][0] == "config" and recs[-1]["kind"] == "final"
+    ev = evals(recs)
+    assert [r["examples"] for r in ev] == list(range(0, 513, 64))
+    assert ev[-1]["train_loss"] < ev[0]["train_loss"]
+    assert read_records(tmp_path / "m.jsonl") == recs
+    fc1 = ev[-1]["layers"]["fc1"]
+    # sign(W) has entries of size 1, far above xavier-sized B0: the error reaching fc1 grows.
+    assert fc1["err_norm_ratio"] > 2.0 and 0 < fc1["err_angle_deg"] < 90
+    assert ev[-1]["layers"]["fc2"]["err_angle_deg"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_bp_rule_is_backprop(digits):
+    ev = evals(train(cfg(rule="bp", epochs=0.5), data=digits))
+    for layer in ("fc1", "fc2"):
+        assert ev[-1]["layers"][layer]["err_angle_deg"] == pytest.approx(0.0, abs=1e-3)
+        assert ev[-1]["layers"][layer]["err_norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_same_seed_same_run_other_seed_differs(digits):
+    a = evals(train(cfg(rule="fa", seed=3, epochs=0.5), data=digits))
+    b = evals(train(cfg(rule="fa", seed=3, epochs=0.5), data=digits))
+    c = evals(train(cfg(rule="fa", seed=4, epochs=0.5), data=digits))
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    assert [r["train_loss"] for r in a] != [r["train_loss"] for r in c]
+
+
+@pytest.mark.parametrize("rule,opt", [("random_sign", "sgd"), ("rescaled_sign", "adam")])
+def test_resume_is_exact(digits, tmp_path, rule, opt):
+    kw = dict(rule=rule, optimizer=opt, momentum=0.9 if opt == "sgd" else 0.0,
+              lr=0.01 if opt == "sgd" else 0.003)
+    full = train(cfg(epochs=2, **kw), checkpoint_path=tmp_path / "full.pt", data=digits)
+    train(cfg(epochs=1, **kw), checkpoint_path=tmp_path / "part.pt", data=digits)
+    resumed = train(cfg(epochs=2, **kw), out_path=tmp_path / "r.jsonl",
+                    checkpoint_path=tmp_path / "part.pt", resume=True, data=digits)
+    key = lambda rs: [(r["examples"], r["train_loss"], r["test_loss"]) for r in evals(rs)]
+    assert key(resumed) == key(full)
+    a = torch.load(tmp_path / "full.pt", weights_only=False)
+    b = torch.load(tmp_path / "part.pt", weights_only=False)
+    for k in a["model"]:
+        if torch.is_tensor(a["model"][k]):
+            assert torch.equal(a["model"][k], b["model"][k]), k
+        else:
+            assert a["model"][k] == b["model"][k], k
+    assert key(read_records(tmp_path / "r.jsonl")) == key(full)
+
+
+def test_resume_refuses_other_settings(digits, tmp_path):
+    train(cfg(rule="fa", epochs=0.25), checkpoint_path=tmp_path / "c.pt", data=digits)
+    with pytest.raises(RuntimeError, match="lr"):
+        train(cfg(rule="fa", epochs=0.5, lr=0.5), checkpoint_path=tmp_path / "c.pt",
+              resume=True, data=digits)
+
+
+def test_divergence_is_recorded(digits):
+    recs = train(cfg(rule="sign", lr=1e8, epochs=1, activation="relu"), data=digits)
+    assert recs[-1]["diverged"] and math.isinf(recs[-1]["train_loss"])
+
+
+def test_layer_lr_scale_sets_per_layer_learning_rates():
+    torch.manual_seed(0)
+    model = build_mlp(8, [4], 3, "bp")
+    opt = make_optimizer(model, "bp", "sgd", 0.1, layer_lr_scale={"fc1": 12.0, "fc2": 1.0})
+    assert {g["layer"]: g["lr"] for g in opt.param_groups} == {"fc1": pytest.approx(1.2),
+                                                               "fc2": pytest.approx(0.1)}
+    with pytest.raises(ConfigError, match="fc2"):
+        make_optimizer(model, "bp", "sgd", 0.1, layer_lr_scale={"fc1": 2.0})
+
+
+def test_gain_matched_bp_follows_the_scaled_step(digits):
+    """One SGD step of bp with fc1's lr x g moves fc1 by exactly g times plain bp's step."""
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    moves = []
+    for scale in (None, {"fc1": 7.0, "fc2": 1.0}):
+        torch.manual_seed(0)
+        model = build_mlp(64, [16], 10, "bp")
+        w0 = model.fc1.weight.detach().clone()
+        opt = make_optimizer(model, "bp", "sgd", 0.1, layer_lr_scale=scale)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        moves.append(model.fc1.weight.detach() - w0)
+    torch.testing.assert_close(moves[1], 7.0 * moves[0])
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown rule"):
+        TrainConfig(rule="nope")
+    with pytest.raises(ConfigError, match="sync-every"):
+        TrainConfig(rule="sign", sync_every=None)
+    with pytest.raises(ConfigError, match="positive"):
+        TrainConfig(lr=0)
+    with pytest.raises(ConfigError, match="momentum"):
+        make_optimizer(build_mlp(4, [2], 2), "fa", "adam", 0.1, momentum=0.9)
