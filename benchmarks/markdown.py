@@ -1,0 +1,147 @@
+"""The report's Markdown: machine, ceilings, one table per comparison, and the targets."""
+from __future__ import annotations
+
+
+def _f(x, digits=3):
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def _pct(x):
+    if x is None:
+        return "n/a"
+    return f"{x:.0f}%" if x >= 10 else f"{x:.2g}%"
+
+
+def _mib(b):
+    return "n/a" if b is None else f"{b / 2**20:.1f}"
+
+
+def _table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine(info: dict) -> str:
+    where = info.get("gpu") or f"CPU: {info['cpu']}"
+    text = (f"Machine: {where}; torch {info['torch']} (CUDA build {info['torch_cuda']}), "
+            f"Python {info['python']}, soap_cuda backend `{info['soap_cuda_backend']}`, "
+            f"torch threads {info['torch_threads']}; {info['date_utc']} UTC.\n"
+            f"Command: `{info['command']}`")
+    if info["soap_cuda_backend"] == "python":
+        text += "\n\n**Warning: the native library is not loaded; 'fused' is the Python fallback.**"
+    return text
+
+
+def ceilings(peaks: dict) -> str:
+    c = peaks["copy"]
+    rows = [["copy bandwidth (read + write)", f"{c['GBps']:.1f} GB/s",
+             f"{c['bytes_moved'] / 2**30:.2f} GiB moved per copy, median of {c['reps']}"]]
+    for name, m in peaks["matmul"].items():
+        rows.append([f"matmul {name}", f"{m['TFLOPs']:.2f} TFLOP/s",
+                     f"{m['n']}^3, median of {m['reps']}"])
+    if "tf32_matmul_allowed" in peaks:
+        rows.append(["float32 matmul uses TF32", str(peaks["tf32_matmul_allowed"]), ""])
+    return _table(["ceiling (measured in this run)", "value", "how"], rows)
+
+
+def layers(rows) -> str:
+    head = ["shape", "dtype", "phase", "fused ms", "python ms", "nn.Linear ms",
+            "fused / nn.Linear", "python / fused", "fused TFLOP/s (% matmul)", "reps"]
+    out = []
+    for r in rows:
+        ms = r["median_ms"]
+        pct = r["fused_pct_of_matmul"]
+        out.append([r["shape"], r["dtype"], r["phase"], _f(ms["fused"]), _f(ms["python"]),
+                    _f(ms["nn.Linear"]), f"{r['fused_over_linear']:.3f}",
+                    f"{r['python_over_fused']:.3f}",
+                    f"{_f(r['TFLOPs']['fused'])} ({_pct(pct)})", r["reps"]])
+    return _table(head, out)
+
+
+def sync(rows) -> str:
+    head = ["model", "params", "rule", "dtype", "fused ms", "per-layer ms", "per-layer / fused",
+            "fused GB/s (% copy)", "per-layer GB/s", "reps"]
+    out = []
+    for r in rows:
+        ms, gb = r["median_ms"], r["GBps"]
+        out.append([r["model"], f"{r['parameters'] / 1e6:.1f}M", r["rule"], r["dtype"],
+                    _f(ms["fused"]), _f(ms["per-layer"]), f"{r['per_layer_over_fused']:.2f}",
+                    f"{_f(gb['fused'])} ({_pct(r['fused_pct_of_copy'])})", _f(gb["per-layer"]),
+                    r["reps"]])
+    return _table(head, out)
+
+
+def perturb(rows) -> str:
+    head = ["batch", "K", "batched ms", "loop ms", "loop / batched", "batched peak MiB",
+            "loop peak MiB", "K noise copies MiB", "reps"]
+    out = [[r["batch"], r["K"], _f(r["median_ms"]["batched"]), _f(r["median_ms"]["loop"]),
+            f"{r['loop_over_batched']:.2f}", _mib(r["peak_extra_bytes"]["batched"]),
+            _mib(r["peak_extra_bytes"]["loop"]), _mib(r["noise_copies_bytes"]), r["reps"]]
+           for r in rows]
+    return _table(head, out)
+
+
+def targets(result: dict) -> str:
+    """Each target against what this run measured (a statement, never an assertion)."""
+    gpu = result["machine"]["device"].startswith("cuda")
+    lines = []
+    steps = [r for r in result.get("layers", []) if r["phase"] == "train_step"]
+    target = [r for r in steps if not r.get("overhead_shape")]
+    if target:
+        worst = max(target, key=lambda r: r["fused_over_linear"])
+        ok = worst["fused_over_linear"] <= 1.05
+        lines.append(f"- Train step, fused within 1.05x of nn.Linear at every shape: "
+                     f"{'met' if ok else 'missed'} (worst {worst['fused_over_linear']:.3f} at "
+                     f"{worst['shape']} {worst['dtype']}); python / fused from "
+                     f"{min(r['python_over_fused'] for r in target):.2f} to "
+                     f"{max(r['python_over_fused'] for r in target):.2f}.")
+    for r in steps:
+        if r.get("overhead_shape"):
+            extra_us = (r["median_ms"]["fused"] - r["median_ms"]["nn.Linear"]) * 1e3
+            lines.append(f"- Host cost per train step at {r['shape']} {r['dtype']} (almost no "
+                         f"arithmetic): fused / nn.Linear {r['fused_over_linear']:.3f}, "
+                         f"{extra_us:+.1f} us per step (`python -m benchmarks.overhead` "
+                         "breaks it down by call path).")
+    big = [r for r in result.get("sync", []) if r["parameters"] > 10e6]
+    if big and gpu:
+        worst = min(big, key=lambda r: r["fused_pct_of_copy"] or 0)
+        ok = (worst["fused_pct_of_copy"] or 0) >= 80
+        lines.append(f"- Sync above 10M parameters at >= 80% of copy bandwidth: "
+                     f"{'met' if ok else 'missed'} (lowest {_pct(worst['fused_pct_of_copy'])}, "
+                     f"{worst['model']} {worst['rule']} {worst['dtype']}).")
+    elif big:
+        lines.append("- Sync bandwidth target is for GPUs; on this CPU the fused sync reached "
+                     + ", ".join(f"{_pct(r['fused_pct_of_copy'])} ({r['model']} {r['rule']})" for r in big)
+                     + " of the measured copy bandwidth for the >10M models.")
+    if result.get("perturb_skipped"):
+        lines.append("- Perturbation: not measured (see above).")
+    else:
+        k32 = [r for r in result.get("perturb", []) if r["K"] == 32 and r["batch"] == 64]
+        if k32:
+            s = k32[0]["loop_over_batched"]
+            need = 10.0 if gpu else 1.0
+            lines.append(f"- Perturbation K=32, batch 64, batched vs loop: {s:.2f}x "
+                         f"({'met' if s > need else 'missed'}; target {'>= 10x' if gpu else '> 1x'}).")
+    return "\n".join(lines) if lines else "- nothing measured"
+
+
+def report(result: dict) -> str:
+    parts = ["# soap_cuda benchmarks", machine(result["machine"]), "## Ceilings",
+             ceilings(result["roofline"])]
+    if result.get("layers"):
+        parts += ["## Layers: forward, backward, SGD train step (medians)",
+                  "fused = soap_cuda.FALinear, python = the seed's FALinear, nn.Linear = "
+                  "backprop. TFLOP/s counts the GEMM work every variant must do.",
+                  layers(result["layers"])]
+    if result.get("sync"):
+        parts += ["## Feedback sync of a whole model (medians)",
+                  "Bytes moved = read W (+ read |B0| for rescaled_sign) + write B.",
+                  sync(result["sync"])]
+    parts.append("## Perturbation: K batched passes vs a Python loop (medians)")
+    parts.append(f"Skipped: {result['perturb_skipped']}" if result.get("perturb_skipped")
+                 else perturb(result.get("perturb", [])))
+    parts += ["## Targets", targets(result)]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,64 @@
+"""The benchmark code on tiny shapes for a couple of repetitions, so it cannot rot unnoticed.
+Nothing here looks at speed."""
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import layers, markdown, overhead, perturbation, report  # noqa: E402
+
+from conftest import devices  # noqa: E402
+
+
+@pytest.mark.parametrize("device", devices())
+def test_report_runs_on_tiny_shapes(device, tmp_path):
+    args = report.parse_args(["--device", device, "--tiny", "--out", str(tmp_path)])
+    result = report.run(args)
+    assert {r["phase"] for r in result["layers"]} == set(layers.PHASES)
+    for row in result["layers"] + result["sync"]:
+        assert all(ms > 0 for ms in row["median_ms"].values())
+    assert result["roofline"]["copy"]["GBps"] > 0
+    if perturbation.skip_reason() is None:
+        assert result["perturb"] and result["perturb_skipped"] is None
+    else:
+        assert "soap_cuda.perturb" in result["perturb_skipped"] or "perturbed" in \
+            result["perturb_skipped"]
+    text = markdown.report(result)
+    assert "fused / nn.Linear" in text and "## Targets" in text
+    json.dumps(result, default=str)  # the report's JSON must serialise
+
+
+def test_report_main_writes_markdown_and_json(tmp_path, capsys):
+    assert report.main(["--device", "cpu", "--tiny", "--sections", "sync",
+                        "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report-cpu.md").read_text().startswith("# soap_cuda benchmarks")
+    assert json.loads((tmp_path / "report-cpu.json").read_text())["sync"]
+
+
+def test_report_checks_its_arguments():
+    with pytest.raises(SystemExit):
+        report.parse_args(["--sections", "layers,nope"])
+    with pytest.raises(SystemExit):
+        report.parse_args(["--dtypes", "int8"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            report.parse_args(["--device", "cuda"])
+
+
+@pytest.mark.parametrize("suite", ["test_layers", "test_sync", "test_perturbation"])
+def test_benchmark_suites_import(suite):
+    """The pytest-benchmark suites import (their parameters are built at import)."""
+    module = importlib.import_module(f"benchmarks.{suite}")
+    assert callable(getattr(module, suite))
+
+
+def test_overhead_breakdown_runs(capsys):
+    assert overhead.main(["--device", "cpu", "--reps", "3"]) == 0
+    assert "FALinear module" in capsys.readouterr().out
