@@ -7,7 +7,14 @@ from torch import Tensor
 from . import ops  # noqa: F401  (makes torch.ops.soap_cuda complete)
 
 
+_fa_linear_op = torch.ops.soap_cuda.fa_linear.default
+# One C call answers "is autocast on anywhere?"; the per-device query runs only when it is.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
+
+
 def _autocast_dtype(device_type: str):
+    if _any_autocast is not None and not torch.compiler.is_compiling() and not _any_autocast():
+        return None
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
@@ -23,4 +30,4 @@ def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tens
     if dtype is not None:
         input, weight, b_matrix = input.to(dtype), weight.to(dtype), b_matrix.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    return torch.ops.soap_cuda.fa_linear(input, weight, bias, b_matrix)
+    return _fa_linear_op(input, weight, bias, b_matrix)

@@ -97,9 +97,11 @@ class FALinear(nn.Module):
         return self.weight.detach() if rule == "bp" else self.b_matrix
 
     def forward(self, input: Tensor) -> Tensor:
-        if (self.sync_every is not None or self.sync_at_start) and self.training \
+        if self.training and (self.sync_every is not None or self.sync_at_start) \
                 and not self.schedule_paused and torch.is_grad_enabled():
             self._advance_schedule(input.shape[0] if input.dim() > 1 else 1)
+        if self.feedback_override is None and self.feedback != "bp":  # the common case, first
+            return fa_linear(input, self.weight, self.bias, self.b_matrix)
         return fa_linear(input, self.weight, self.bias, self.feedback_matrix)
 
     @torch.compiler.disable
