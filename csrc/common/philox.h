@@ -20,6 +20,10 @@
 
 #if defined(__CUDACC__)
 #define SOAP_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: the vectorised host loop (perturb/philox_block_cpu.cpp) is compiled with other
+// optimisation and target options, which would otherwise keep these out of it.
+#define SOAP_HD inline __attribute__((always_inline))
 #else
 #define SOAP_HD inline
 #endif
@@ -97,21 +101,9 @@ SOAP_HD Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, 
 
 // ---- log, sin, cos from basic operations (coefficients: shortest round-trip decimals) ----
 
-// log(u) for u in (0, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s),
-// s = (m - 1) / (m + 1), |s| < 0.1716, series to s^23.
-SOAP_HD double log_basic(double u) {
-  int exponent = 0;
-  // frexp is exact: u = mant 2^exp with mant in [1/2, 1)
-#ifdef __CUDA_ARCH__
-  double m = dmul(::frexp(u, &exponent), 2.0);
-#else
-  double m = dmul(std::frexp(u, &exponent), 2.0);
-#endif
-  double e = static_cast<double>(exponent - 1);
-  if (m > 1.4142135623730951) {
-    m = dmul(m, 0.5);
-    e = dadd(e, 1.0);
-  }
+// log(m 2^e) for m in [sqrt(1/2), sqrt(2)): log m = 2 atanh(s), s = (m - 1) / (m + 1),
+// |s| < 0.1716, series to s^23; e ln2 with ln2 split (fdlibm) so that e * ln2_hi is exact.
+SOAP_HD double log_reduced(double m, double e) {
   const double s = ddiv(dsub(m, 1.0), dadd(m, 1.0));
   const double s2 = dmul(s, s);
   double p = 0.043478260869565216;                 // 1/23
@@ -128,8 +120,25 @@ SOAP_HD double log_basic(double u) {
   p = dmul(p, s2);
   const double two_s = dmul(2.0, s);
   const double log_m = dadd(two_s, dmul(two_s, p));
-  // e ln2 with ln2 split (fdlibm) so that e * ln2_hi is exact
   return dadd(dmul(e, 6.93147180369123816490e-01), dadd(dmul(e, 1.90821492927058770002e-10), log_m));
+}
+
+// log(u) for u in (0, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s),
+// s = (m - 1) / (m + 1), |s| < 0.1716, series to s^23.
+SOAP_HD double log_basic(double u) {
+  int exponent = 0;
+  // frexp is exact: u = mant 2^exp with mant in [1/2, 1)
+#ifdef __CUDA_ARCH__
+  double m = dmul(::frexp(u, &exponent), 2.0);
+#else
+  double m = dmul(std::frexp(u, &exponent), 2.0);
+#endif
+  double e = static_cast<double>(exponent - 1);
+  if (m > 1.4142135623730951) {
+    m = dmul(m, 0.5);
+    e = dadd(e, 1.0);
+  }
+  return log_reduced(m, e);
 }
 
 // sin(x) and cos(x) for |x| <= pi/4 (Taylor series to x^17 and x^18).

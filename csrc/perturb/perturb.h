@@ -15,6 +15,12 @@
 
 namespace soap_cuda {
 
+namespace philox {
+// Host: noise elements first .. first + count - 1 of stream (seed, offset) into out[0 .. count),
+// the values of philox::normal, computed in a vectorised loop (philox_block_cpu.cpp).
+void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count, double* out);
+}  // namespace philox
+
 void check_philox_normal_fill_args(const at::Tensor& noise);
 
 // Checks the arguments; returns the activation and the per-pass batch size.

@@ -16,6 +16,13 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Explicitly rounded add and multiply: nvcc would otherwise contract `z + xi * sigma` and
+// `acc + coef * xi` into FMAs, which the CPU kernels (and the Python reference) do not use.
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // Grid for a grid-stride loop over n elements (n > 0).
 unsigned int grid_for(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
@@ -44,13 +51,13 @@ __global__ void perturbed_bias_act_kernel(const scalar_t* __restrict__ pre,
        i += stride) {
     const int64_t r = i / width, j = i - r * width;
     scalar_t z = pre[i];
-    if (bias != nullptr) z = z + bias[j];
+    if (bias != nullptr) z = add_rn(z, bias[j]);
     const NoiseRow nr = noise_row(r, batch, width, antithetic);
     if (nr.perturbed) {
       auto xi = static_cast<scalar_t>(philox::normal(seed, offset,
                                                      static_cast<uint64_t>(nr.first + j)));
       if (nr.sign < 0) xi = -xi;
-      z = z + xi * sigma;
+      z = add_rn(z, mul_rn(xi, sigma));
     }
     out[i] = activate<scalar_t>(z, act);
   }
@@ -70,9 +77,10 @@ __global__ void perturb_estimate_kernel(const double* __restrict__ losses,
     double acc = 0.0;
     for (int64_t m = 0; m < slots; ++m) {
       const double coef = slot_coefficient(losses, rows, m, b, antithetic);
-      acc += coef * philox::normal(seed, offset, static_cast<uint64_t>((m * rows + b) * width + j));
+      acc = add_rn(acc, mul_rn(coef, philox::normal(seed, offset,
+                                                    static_cast<uint64_t>((m * rows + b) * width + j))));
     }
-    out[i] = static_cast<scalar_t>(acc * factor);
+    out[i] = static_cast<scalar_t>(mul_rn(acc, factor));
   }
 }
 

@@ -26,14 +26,14 @@ at::Tensor perturb_estimate_cpu(const at::Tensor& losses, int64_t width, double 
     scalar_t* o = out.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(width * slots, 1));
     at::parallel_for(0, rows, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<double> acc(static_cast<size_t>(width));
+      std::vector<double> acc(static_cast<size_t>(width)), noise(static_cast<size_t>(width));
       for (int64_t b = b0; b < b1; ++b) {
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t m = 0; m < slots; ++m) {
           const double coef = slot_coefficient(l, rows, m, b, antithetic);
           const int64_t first = (m * rows + b) * width;
-          philox::for_each_normal(useed, uoffset, first, width,
-                                  [&](int64_t j, double xi) { acc[j] += coef * xi; });
+          philox::normals_block(useed, uoffset, first, width, noise.data());
+          for (int64_t j = 0; j < width; ++j) acc[j] += coef * noise[j];
         }
         for (int64_t j = 0; j < width; ++j) {
           o[b * width + j] = static_cast<scalar_t>(acc[j] * factor);

@@ -5,10 +5,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "perturb.h"
 
 namespace soap_cuda {
 namespace {
+
+// Noise elements generated per call of the vectorised generator (a few rows' worth).
+constexpr int64_t kNoiseChunk = 4096;
 
 at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
                                   double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
@@ -31,21 +37,31 @@ at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at:
     const auto sig = static_cast<scalar_t>(sigma);
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
+      std::vector<double> noise;
+      int64_t r = r0;
+      while (r < r1) {
         const NoiseRow nr = noise_row(r, batch, width, antithetic);
-        const scalar_t* row_in = in + r * width;
-        scalar_t* row_out = o + r * width;
-        for (int64_t j = 0; j < width; ++j) {
-          row_out[j] = bias_data != nullptr ? row_in[j] + bias_data[j] : row_in[j];
-        }
+        // rows r .. r_end - 1 lie in one row block: their noise is one contiguous range
+        int64_t r_end = std::min(r1, (r / batch + 1) * batch);
         if (nr.perturbed) {
-          philox::for_each_normal(useed, uoffset, nr.first, width, [&](int64_t j, double xi_d) {
-            auto xi = static_cast<scalar_t>(xi_d);
-            if (nr.sign < 0) xi = -xi;
-            row_out[j] = row_out[j] + xi * sig;
-          });
+          r_end = std::min(r_end, r + std::max<int64_t>(1, kNoiseChunk / width));
+          noise.resize(static_cast<size_t>((r_end - r) * width));
+          philox::normals_block(useed, uoffset, nr.first, (r_end - r) * width, noise.data());
         }
-        for (int64_t j = 0; j < width; ++j) row_out[j] = activate<scalar_t>(row_out[j], act);
+        const int64_t n = (r_end - r) * width;
+        const scalar_t* in_rows = in + r * width;
+        scalar_t* out_rows = o + r * width;
+        const double* xi_rows = noise.data();
+        for (int64_t i = 0, j = 0; i < n; ++i, j = (j + 1 == width ? 0 : j + 1)) {
+          scalar_t z = bias_data != nullptr ? in_rows[i] + bias_data[j] : in_rows[i];
+          if (nr.perturbed) {
+            auto xi = static_cast<scalar_t>(xi_rows[i]);
+            if (nr.sign < 0) xi = -xi;
+            z = z + xi * sig;
+          }
+          out_rows[i] = activate<scalar_t>(z, act);
+        }
+        r = r_end;
       }
     });
   });

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..reference.perturb import num_slots, signed_noise
-from .layers import PassPlan, run_model, select_layers
+from .layers import PassPlan, run_model, select_layers, tile
 from .noise import layer_offset, philox_normal
 
 
@@ -25,11 +25,6 @@ class PerturbedPass:
     def all_losses(self) -> Tensor:
         """[K + 1, batch], row 0 the clean pass: what the estimators take."""
         return torch.cat((self.clean_losses.unsqueeze(0), self.losses))
-
-
-def tile(t: Tensor, blocks: int) -> Tensor:
-    """[B, ...] -> [blocks * B, ...], block-major (block k holds the whole batch)."""
-    return t.repeat(blocks, *([1] * (t.dim() - 1)))
 
 
 def per_example_losses(loss_fn, output: Tensor, target: Tensor, blocks: int) -> Tensor:
@@ -87,7 +82,7 @@ def perturbed_forward(model: nn.Module, x: Tensor, y: Tensor, loss_fn, num_pertu
                             for _, name, m in chosen}
     if capture_inputs:
         plan.capture = set(offsets)
-    output = run_model(model, tile(x, blocks), plan)
+    output = run_model(model, x, plan)
     losses = per_example_losses(loss_fn, output, tile(y, blocks), blocks)
     outputs = output.view(blocks, x.shape[0], *output.shape[1:]) if return_outputs else None
     return PerturbedPass(clean_losses=losses[0], losses=losses[1:], outputs=outputs,
@@ -105,5 +100,5 @@ def losses_at_weight_sets(model: nn.Module, x: Tensor, y: Tensor, loss_fn,
         raise ValueError(f"every layer needs the same number of weight sets, got {sorted(sizes)}")
     blocks = sizes.pop()
     plan = PassPlan(blocks=blocks, weight_sets=dict(weight_sets))
-    output = run_model(model, tile(x, blocks), plan)
+    output = run_model(model, x, plan)
     return per_example_losses(loss_fn, output, tile(y, blocks), blocks)

@@ -58,28 +58,41 @@ class PassPlan:
     inputs: dict = field(default_factory=dict)         # filled: name -> clean input rows
 
 
-def run_linear(name: str, layer: nn.Module, h: Tensor, plan: PassPlan, activation: str) -> Tensor:
-    """The layer (then `activation`) on the tiled batch h [(K+1) B, ..., in]."""
+def run_linear(name: str, layer: nn.Module, h: Tensor, plan: PassPlan, activation: str,
+               shared: bool = False) -> tuple[Tensor, bool]:
+    """The layer (then `activation`) on the tiled batch h [(K+1) B, ..., in], or, with
+    shared=True, on h [B, ..., in] standing for that batch in every row block (the clean input
+    before any perturbed layer: its GEMM runs once, on B rows). Returns (output, shared)."""
     lead, width_in = h.shape[:-1], h.shape[-1]
     rows = h.reshape(-1, width_in)
     if name in plan.capture:
-        plan.inputs[name] = rows[: rows.shape[0] // plan.blocks]
+        plan.inputs[name] = rows if shared else rows[: rows.shape[0] // plan.blocks]
     if name in plan.weight_sets:
         weights, biases = plan.weight_sets[name]
-        out = torch.bmm(rows.view(plan.blocks, -1, width_in), weights.transpose(1, 2))
+        if shared:  # [B, in] broadcast against [blocks, in, out]
+            out = torch.matmul(rows, weights.transpose(1, 2))
+            lead = (plan.blocks * lead[0], *lead[1:])
+        else:
+            out = torch.bmm(rows.view(plan.blocks, -1, width_in), weights.transpose(1, 2))
         if biases is not None:
             out = out + biases.unsqueeze(1)
-        out = ACTIVATIONS[activation](out.reshape(rows.shape[0], -1))
+        out = ACTIVATIONS[activation](out.reshape(plan.blocks * rows.shape[0] if shared
+                                                  else rows.shape[0], -1))
+        shared = False
     else:
         pre = rows.mm(layer.weight.t())
         if name in plan.node_offsets:
+            if shared:
+                pre = pre.repeat(plan.blocks, 1)
+                lead = (plan.blocks * lead[0], *lead[1:])
+                shared = False
             out = torch.ops.soap_cuda.perturbed_bias_act(
                 pre, layer.bias, plan.sigma, plan.seed, plan.node_offsets[name], plan.blocks - 1,
                 plan.antithetic, activation)
         else:  # one unperturbed block: bias and activation, no noise
             out = torch.ops.soap_cuda.perturbed_bias_act(pre, layer.bias, 0.0, 0, 0, 0, False,
                                                          activation)
-    return out.reshape(*lead, out.shape[-1])
+    return out.reshape(*lead, out.shape[-1]), shared
 
 
 def _sequential_leaves(model: nn.Sequential):
@@ -90,22 +103,31 @@ def _sequential_leaves(model: nn.Sequential):
             yield m
 
 
-def run_sequential(model: nn.Sequential, h: Tensor, plan: PassPlan) -> Tensor:
-    """Walks an nn.Sequential, fusing each linear layer with a following ReLU/Tanh/Sigmoid."""
+def run_sequential(model: nn.Module, x: Tensor, plan: PassPlan) -> Tensor:
+    """Walks an nn.Sequential, fusing each linear layer with a following ReLU/Tanh/Sigmoid.
+    x is the untiled batch [B, ...]: every row block sees it until the first layer whose
+    pre-activations or weights differ between blocks, so everything before that layer (its own
+    GEMM included) runs once on B rows and is tiled there."""
     names = {id(m): name for name, m in model.named_modules()}
     leaves = list(_sequential_leaves(model))
+    h, shared = x, True
     i = 0
     while i < len(leaves):
         m = leaves[i]
         if isinstance(m, LINEAR_TYPES):
             nxt = leaves[i + 1] if i + 1 < len(leaves) else None
             activation = FUSABLE_ACTIVATIONS.get(type(nxt), None)
-            h = run_linear(names[id(m)], m, h, plan, activation or "identity")
+            h, shared = run_linear(names[id(m)], m, h, plan, activation or "identity", shared)
             i += 2 if activation else 1
         else:
             h = m(h)
             i += 1
-    return h
+    return tile(h, plan.blocks) if shared else h
+
+
+def tile(t: Tensor, blocks: int) -> Tensor:
+    """[B, ...] -> [blocks * B, ...], block-major (block k holds the whole batch)."""
+    return t.repeat(blocks, *([1] * (t.dim() - 1)))
 
 
 @contextlib.contextmanager
@@ -114,7 +136,7 @@ def _patched_linears(model: nn.Module, plan: PassPlan):
     patched = []
     try:
         for name, m in linear_layers(model):
-            m.forward = (lambda inp, _n=name, _m=m: run_linear(_n, _m, inp, plan, "identity"))
+            m.forward = (lambda inp, _n=name, _m=m: run_linear(_n, _m, inp, plan, "identity")[0])
             patched.append(m)
         yield
     finally:
@@ -122,8 +144,9 @@ def _patched_linears(model: nn.Module, plan: PassPlan):
             del m.forward
 
 
-def run_model(model: nn.Module, h: Tensor, plan: PassPlan) -> Tensor:
+def run_model(model: nn.Module, x: Tensor, plan: PassPlan) -> Tensor:
+    """The model on the untiled batch x [B, ...] for every row block: output [blocks * B, ...]."""
     if isinstance(model, nn.Sequential):
-        return run_sequential(model, h, plan)
+        return run_sequential(model, x, plan)
     with _patched_linears(model, plan):
-        return model(h)
+        return model(tile(x, plan.blocks))
