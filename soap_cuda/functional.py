@@ -12,9 +12,10 @@ _fa_linear_op = torch.ops.soap_cuda.fa_linear.default
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
 
 
-def _autocast_dtype(device_type: str):
+def _autocast_dtype(input: Tensor):
     if _any_autocast is not None and not torch.compiler.is_compiling() and not _any_autocast():
         return None
+    device_type = input.device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
@@ -26,7 +27,7 @@ def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tens
     Under autocast the operands are cast to the autocast dtype (as for nn.Linear); the casts are
     differentiable, so fp32 master weights receive fp32 gradients.
     """
-    dtype = _autocast_dtype(input.device.type)
+    dtype = _autocast_dtype(input)
     if dtype is not None:
         input, weight, b_matrix = input.to(dtype), weight.to(dtype), b_matrix.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
