@@ -90,6 +90,17 @@ def test_gradcheck_when_b_is_w():
     assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, b, w.detach()), inputs)
 
 
+@pytest.mark.parametrize("in_shape,out_features", [((3, 5), 4), ((2, 3, 5), 6)])
+def test_double_backward_is_exact(in_shape, out_features):
+    """create_graph=True through an FA layer: the backward op has its own derivative."""
+    x, w, b, B = make_args(in_shape, out_features, torch.float64)
+    inputs = [t.requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradgradcheck(lambda x, w, b: op(x, w, b, B), inputs)
+    g = torch.randn(*in_shape[:-1], out_features, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda g, x: op_backward(g, x, B, [True, True, True]), (g, x.detach().requires_grad_()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("in_shape,out_features", [((1, 5), 3), ((2, 5, 9), 4), ((7, 13), 11)])
 @pytest.mark.parametrize("bias", [True, False])

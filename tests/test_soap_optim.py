@@ -138,3 +138,62 @@ def test_zero_direction_is_a_no_op_and_bad_settings_are_rejected():
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     with pytest.raises(ValueError):
         SOAP(model.parameters(), h=0.0)
+
+
+def _fa_problem(seed):
+    """An MLP (exact gradients, so double backward gives the true d^T H d) and a random
+    descent-ish direction standing in for a poor pseudo-gradient."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16, dtype=torch.float64), nn.Tanh(),
+                          nn.Linear(16, 2, dtype=torch.float64))
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    return model, x, y
+
+
+def _poor_direction(model, x, y):
+    model.zero_grad()
+    mse(model(x), y).mean().backward()
+    return [-(p.grad + 2 * p.grad.norm() * torch.randn_like(p) / p.numel() ** 0.5)
+            for p in model.parameters()]
+
+
+def test_refine_picks_a_direction_at_least_as_steep_and_is_reproducible():
+    finals = []
+    for _ in range(2):
+        model, x, y = _fa_problem(3)
+        opt = SOAP(model.parameters(), model=model, loss_fn=mse, h=1e-4, max_step=0.2,
+                   refine=16, refine_scale=0.5, seed=7)
+        for _ in range(4):
+            opt.step(direction_closure(model, x, y, _poor_direction(model, x, y)), x, y)
+        for record in opt.history:
+            assert record["g_d"] <= record["g_d_unrefined"] + 1e-12
+            assert 0 <= record["refine_choice"] <= 16
+        finals.append([p.detach().clone() for p in model.parameters()])
+    assert any(r["refine_choice"] > 0 for r in opt.history)
+    for a, b in zip(*finals):
+        assert torch.equal(a, b)
+
+
+def test_refined_slope_is_measured_correctly():
+    """The slope reported for the chosen direction matches d . grad L by double backward."""
+    model, x, y = _fa_problem(5)
+    opt = SOAP(model.parameters(), model=model, loss_fn=mse, h=1e-5, refine=8, seed=1,
+               measure_actual=False)
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    opt.step(direction_closure(model, x, y, _poor_direction(model, x, y)), x, y)
+    record = opt.history[-1]
+    step = [p.detach() - b for p, b in zip(params, before)]  # alpha * d_chosen
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    d_chosen = [s / record["alpha"] for s in step]
+    slope, curvature = exact_slope_curvature(model, x, y, d_chosen)
+    assert abs(record["g_d"] - slope) <= 0.01 * abs(slope)
+    assert abs(record["c_d"] - curvature) <= 0.05 * abs(curvature)
+
+
+def test_refine_settings_are_checked():
+    model, _, _ = _fa_problem(0)
+    with pytest.raises(ValueError, match="refine"):
+        SOAP(model.parameters(), refine=-1)

@@ -50,3 +50,33 @@ def _backward(ctx, grad_output):
 if _library.backend() == "python":
     torch.library.register_autograd("soap_cuda::fa_linear", _backward,
                                     setup_context=_setup_context)
+
+
+# Double backward: fa_linear_backward is linear in grad_output and in input, so its own
+# derivative is three more products. Registered on every backend (the native library has no
+# autograd kernel for this op), so create_graph=True through an FA layer is exact, not silent.
+def _setup_backward_context(ctx, inputs, output):
+    grad_output, input, b_matrix, _ = inputs
+    ctx.save_for_backward(grad_output, input, b_matrix)
+
+
+def _backward_backward(ctx, gg_input, gg_weight, gg_bias):
+    grad_output, input, b_matrix = ctx.saved_tensors
+    g = grad_output.reshape(-1, grad_output.shape[-1])
+    x = input.reshape(-1, input.shape[-1])
+    d_g = torch.zeros_like(g)
+    d_x = d_b = None
+    if gg_input is not None:  # grad_input = g @ B
+        ggi = gg_input.reshape(-1, input.shape[-1])
+        d_g = d_g + ggi.mm(b_matrix.t())
+        d_b = g.t().mm(ggi)
+    if gg_weight is not None:  # grad_weight = g^T @ x
+        d_g = d_g + x.mm(gg_weight.t())
+        d_x = g.mm(gg_weight).view(input.shape)
+    if gg_bias is not None:  # grad_bias = sum over rows of g
+        d_g = d_g + gg_bias
+    return d_g.view(grad_output.shape), d_x, d_b, None
+
+
+torch.library.register_autograd("soap_cuda::fa_linear_backward", _backward_backward,
+                                setup_context=_setup_backward_context)

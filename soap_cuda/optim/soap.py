@@ -11,6 +11,12 @@ and the step is alpha d with alpha = -lr g_d / c_d when c_d > min_curvature, els
 alpha = fallback_lr, sign-flipped when g_d > 0 (d measured uphill); |alpha| ||d|| <= max_step.
 Losses are per-example float64 sums: the curvature is a second difference, and float32 sums
 would drown it in rounding.
+
+With `refine=K`, d is refined by K perturbations around it before the step: candidates
+d_k = d + refine_scale ||d|| u_k/||u_k|| (u_k Gaussian, reproducible from `seed` and the step
+count), each rescaled to ||d||, and d itself; the slope along every candidate is measured in the
+same batched pass (2K + 3 weight sets), and the steepest descending one becomes d. Its
+curvature then comes from the same losses, so refining costs no extra pass.
 """
 from __future__ import annotations
 
@@ -33,16 +39,22 @@ class SOAP(Optimizer):
     calling the closure at the shifted parameters, at the closure's precision.
     `history` holds one record per step: loss, g_d, c_d, alpha, step_norm, kind ("newton",
     "fallback" or "zero-direction"), clipped, predicted_change, actual_change (None unless
-    measure_actual).
+    measure_actual), and with refine > 0: g_d_unrefined (the slope along the pseudo-gradient
+    direction) and refine_choice (0: d kept, k: candidate k).
     """
 
     def __init__(self, params, model: nn.Module | None = None, loss_fn=None, h: float = 1e-3,
                  lr: float = 1.0, max_step: float = 1.0, fallback_lr: float = 1e-2,
-                 min_curvature: float = 0.0, measure_actual: bool = True):
+                 min_curvature: float = 0.0, measure_actual: bool = True, refine: int = 0,
+                 refine_scale: float = 0.5, seed: int = 0):
         if h <= 0 or max_step <= 0 or lr <= 0 or fallback_lr < 0:
             raise ValueError("h, lr and max_step must be > 0 and fallback_lr >= 0")
+        if refine < 0 or refine_scale <= 0:
+            raise ValueError("refine must be >= 0 and refine_scale > 0")
+        # step_count lives in the param group so a saved optimizer resumes the same draws
         super().__init__(params, dict(h=h, lr=lr, max_step=max_step, fallback_lr=fallback_lr,
-                                      min_curvature=min_curvature))
+                                      min_curvature=min_curvature, refine=refine,
+                                      refine_scale=refine_scale, seed=seed, step_count=0))
         self.model, self.loss_fn, self.measure_actual = model, loss_fn, measure_actual
         self.history: list[dict] = []
 
@@ -63,21 +75,41 @@ class SOAP(Optimizer):
                 covered.update(id(p) for p in mine)
         return layers if covered == owned else None
 
+    @staticmethod
+    def _shifted(p: Tensor, directions, t: float) -> Tensor:
+        """[p, p + t d_0, p - t d_0, p + t d_1, ...] stacked (zero shift where d lacks p)."""
+        sets = [p]
+        for direction in directions:
+            dp = direction.get(id(p))
+            sets += [p, p] if dp is None else [p + t * dp, p - t * dp]
+        return torch.stack(sets)
+
     @torch.no_grad()
-    def _batched_losses(self, layers, direction, t, inputs, targets):
-        sets = {}
-        for name, m in layers.items():
-            w = m.weight
-            dw = direction.get(id(w), torch.zeros_like(w))
-            weights = torch.stack((w, w + t * dw, w - t * dw))
-            biases = None
-            if m.bias is not None:
-                b = m.bias
-                db = direction.get(id(b), torch.zeros_like(b))
-                biases = torch.stack((b, b + t * db, b - t * db))
-            sets[name] = (weights, biases)
+    def _batched_losses(self, layers, directions, t, inputs, targets):
+        """L0 and [(L+, L-) per direction], from one batched pass of 2 len(directions) + 1 sets."""
+        sets = {name: (self._shifted(m.weight, directions, t),
+                       None if m.bias is None else self._shifted(m.bias, directions, t))
+                for name, m in layers.items()}
         losses = losses_at_weight_sets(self.model, inputs, targets, self.loss_fn, sets)
-        return losses.mean(1).tolist()
+        values = losses.mean(1).tolist()
+        return values[0], [(values[1 + 2 * k], values[2 + 2 * k]) for k in range(len(directions))]
+
+    def _candidates(self, group, params, direction, d_norm):
+        """d and K perturbed directions around it, each of norm ||d|| (see the module doc)."""
+        gen = torch.Generator().manual_seed(
+            (group["seed"] * 1_000_003 + group["step_count"]) % (2**63 - 1))
+        candidates = [direction]
+        for _ in range(group["refine"]):
+            noise = {id(p): torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                     for p in params}
+            u_norm = math.sqrt(sum(float(u.square().sum()) for u in noise.values())) or 1.0
+            mixed = {id(p): direction[id(p)].double()
+                     + (group["refine_scale"] * d_norm / u_norm) * noise[id(p)].to(p.device)
+                     for p in params}
+            m_norm = math.sqrt(sum(float(m.square().sum()) for m in mixed.values())) or 1.0
+            candidates.append({id(p): (mixed[id(p)] * (d_norm / m_norm)).to(p.dtype)
+                               for p in params})
+        return candidates
 
     def _closure_loss(self, closure, params, direction, shift) -> float:
         with torch.no_grad():
@@ -109,12 +141,19 @@ class SOAP(Optimizer):
             return loss
         t = group["h"] / d_norm
         layers = self._layer_params() if inputs is not None and targets is not None else None
+        candidates = self._candidates(group, params, direction, d_norm)
+        group["step_count"] += 1
         if layers is not None:
-            l0, lp, lm = self._batched_losses(layers, direction, t, inputs, targets)
+            l0, pairs = self._batched_losses(layers, candidates, t, inputs, targets)
         else:
             l0 = loss_value
-            lp = self._closure_loss(closure, params, direction, t)
-            lm = self._closure_loss(closure, params, direction, -t)
+            pairs = [(self._closure_loss(closure, params, c, t),
+                      self._closure_loss(closure, params, c, -t)) for c in candidates]
+        slopes = [(lp_k - lm_k) / (2 * t) for lp_k, lm_k in pairs]
+        choice = min(range(len(slopes)), key=slopes.__getitem__)  # steepest descent; ties keep d
+        direction, (lp, lm) = candidates[choice], pairs[choice]
+        if group["refine"]:
+            record.update(g_d_unrefined=slopes[0], refine_choice=choice)
         g_d = (lp - lm) / (2 * t)
         c_d = (lp - 2 * l0 + lm) / (t * t)
         if c_d > group["min_curvature"]:
