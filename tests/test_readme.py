@@ -2,7 +2,6 @@
 import re
 from pathlib import Path
 
-import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
@@ -12,7 +11,7 @@ def test_readme_has_python_examples():
     assert len(BLOCKS) >= 2
 
 
-def test_readme_python_examples_run_in_order(capsys):
+def test_readme_python_examples_run_in_order():
     namespace = {"__name__": "readme"}
     for block in BLOCKS:  # later blocks use names the earlier ones define (model, x, y)
         exec(compile(block, str(README), "exec"), namespace)
