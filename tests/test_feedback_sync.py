@@ -134,3 +134,22 @@ def test_cuda_unaligned_views():
     w, b = base_w[1:].view(40, 25), base_b[1:].view(40, 25)
     op([w], [b], [None], torch.ones(1, dtype=torch.float64, device="cuda"))
     assert torch.equal(b, torch.sign(w)) and base_b[0] == 0
+
+
+@requires_cuda
+def test_cuda_grid_stride_loops_match_cpu():
+    """Layers of several million elements: each thread goes round the vector loop (and, for the
+    unaligned view, the scalar loop) more than once."""
+    w_cpu = [torch.randn(2048, 2049), torch.randn(1 + 1500 * 1001)[1:].view(1500, 1001)]
+    m_cpu = [torch.randn(2048, 2049), None]
+    b_cpu = [torch.empty_like(w) for w in w_cpu]
+    scales = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    base = torch.zeros(1 + 1500 * 1001, device="cuda")
+    b_cuda = [torch.empty_like(w_cpu[0], device="cuda"), base[1:].view(1500, 1001)]
+    w_cuda = [w_cpu[0].cuda(), torch.cat([torch.zeros(1), w_cpu[1].reshape(-1)]).cuda()[1:]
+              .view(1500, 1001)]
+    op(w_cuda, b_cuda, [m_cpu[0].cuda(), None], scales.cuda())
+    op(w_cpu, b_cpu, m_cpu, scales)
+    for got, want in zip(b_cuda, b_cpu):
+        assert torch.equal(got.cpu(), want)
+    assert base[0] == 0

@@ -108,3 +108,7 @@ def test_cuda_is_bit_identical_to_cpu(dtype):
     cpu = fill((5, 100003), seed, offset, dtype)
     cuda = fill((5, 100003), seed, offset, dtype, "cuda").cpu()
     assert torch.equal(cpu, cuda)
+    # a non-contiguous target: filled through a contiguous buffer, element i in row-major order
+    target = torch.zeros(6, 4, 2, dtype=dtype, device="cuda")[:, 1:3, 0].t()
+    op(target, seed, offset)
+    assert torch.equal(target.cpu(), fill((2, 6), seed, offset, dtype))
