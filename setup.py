@@ -109,9 +109,10 @@ def _extensions():
 
     include_dirs = [csrc, os.path.join(ROOT, "soap_cuda")]  # soap_cuda/ holds schemas.def
     # The C++ standard comes from torch (C++17 or 20 by version). -fno-trapping-math lets GCC
-    # vectorise loops with selects (it changes no result); FMA contraction stays as configured
-    # per file where bit-exactness needs it off.
-    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    # vectorise loops with selects (it changes no result). -ffp-contract=off: the noise and
+    # estimator math must round like the Python reference and the CUDA kernels (which use
+    # explicitly rounded intrinsics); hosts whose baseline ISA has FMA (aarch64) would fuse.
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     extra_link = ["-fopenmp"]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     define_macros = []

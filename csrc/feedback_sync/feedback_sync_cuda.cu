@@ -1,6 +1,6 @@
 // CUDA kernel of feedback_sync_: all layers in one launch. blockIdx.y picks the layer,
-// blocks along x stride over it with 16-byte vector loads/stores (scalar head/tail where a
-// pointer is not 16-byte aligned or the size is not a multiple of the vector width).
+// blocks along x stride over it with 16-byte vector loads/stores when W, B (and |M|) are all
+// 16-byte aligned, then a scalar tail; a layer with any unaligned pointer takes the scalar loop.
 // Bandwidth-bound: per element it reads W (and |M|) once and writes B once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
