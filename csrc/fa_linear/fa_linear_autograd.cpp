@@ -5,6 +5,7 @@
 // train step as fast as nn.Linear's. Forward and backward both call the ops through the
 // dispatcher, so torch.compile, fake tensors and per-device kernels all see the ops themselves.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -48,10 +49,19 @@ class FALinearFunction : public torch::autograd::Function<FALinearFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    auto [grad_input, grad_weight, grad_bias] =
-        call_backward(grad_outputs[0], saved[0], saved[1],
-                      {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                       has_bias && ctx->needs_input_grad(2)});
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: go through the op's own (Python-registered) autograd formula so
+      // the double backward is recorded.
+      grads = call_backward(grad_outputs[0], saved[0], saved[1], mask);
+    } else {
+      // A plain backward records nothing: go straight to the CPU/CUDA kernel, no Python.
+      at::AutoDispatchBelowADInplaceOrView guard;
+      grads = call_backward(grad_outputs[0], saved[0], saved[1], mask);
+    }
+    auto [grad_input, grad_weight, grad_bias] = grads;
     // b_matrix gets no gradient: the feedback path is fixed (or synced), never learned.
     return {grad_input, grad_weight, grad_bias, at::Tensor()};
   }
