@@ -18,6 +18,18 @@ def _overlap(a: Tensor, b: Tensor) -> bool:
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
 
 
+def _check_like(arg: str, t: Tensor, ref_arg: str, ref: Tensor) -> None:
+    """t must match ref's shape, dtype and device, and be contiguous (B and |M| vs W)."""
+    if t.shape != ref.shape:
+        _fail(arg, f"must have the shape of '{ref_arg}' {list(ref.shape)}, got {list(t.shape)}")
+    if t.dtype != ref.dtype:
+        _fail(arg, f"must have the dtype of '{ref_arg}' ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        _fail(arg, f"must be on the device of '{ref_arg}' ({ref.device}), got {t.device}")
+    if not t.is_contiguous():
+        _fail(arg, "must be contiguous (call .contiguous() first)")
+
+
 def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
                              check_memory: bool = True) -> None:
     """check_memory=False skips the aliasing check (fake tensors have no memory to compare)."""
@@ -49,25 +61,11 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
             _fail(wi, f"must be on the device of 'weights[0]' ({first.device}), got {w.device}")
         if not w.is_contiguous():
             _fail(wi, "must be contiguous (call .contiguous() first)")
-        if b.shape != w.shape:
-            _fail(bi, f"must have the shape of '{wi}' {list(w.shape)}, got {list(b.shape)}")
-        if b.dtype != w.dtype:
-            _fail(bi, f"must have the dtype of '{wi}' ({w.dtype}), got {b.dtype}")
-        if b.device != w.device:
-            _fail(bi, f"must be on the device of '{wi}' ({w.device}), got {b.device}")
-        if not b.is_contiguous():
-            _fail(bi, "must be contiguous (call .contiguous() first)")
+        _check_like(bi, b, wi, w)
         if check_memory and _overlap(b, w):
             _fail(bi, f"must not be the same memory as '{wi}'")
         if m is not None:
-            if m.shape != w.shape:
-                _fail(mi, f"must have the shape of '{wi}' {list(w.shape)}, got {list(m.shape)}")
-            if m.dtype != w.dtype:
-                _fail(mi, f"must have the dtype of '{wi}' ({w.dtype}), got {m.dtype}")
-            if m.device != w.device:
-                _fail(mi, f"must be on the device of '{wi}' ({w.device}), got {m.device}")
-            if not m.is_contiguous():
-                _fail(mi, "must be contiguous (call .contiguous() first)")
+            _check_like(mi, m, wi, w)
 
 
 def sync_value(w: Tensor, m: Tensor | None, scale: Tensor) -> Tensor:
