@@ -17,6 +17,13 @@ _COLORS = {"bp": "black", "fa": "tab:blue", "sign": "tab:red", "rescaled_sign": 
            "scaled_sign": "tab:orange", "random_sign": "tab:purple", "soap": "tab:brown"}
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def color(label: str) -> str:
     if label.startswith("bp_gain_matched"):
         return "tab:gray"
@@ -51,10 +58,7 @@ def learning_curves(store: RunStore, contrast: dict, seeds, path: Path) -> Path:
     ax.set_title(contrast["title"], fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def lr_sensitivity(store: RunStore, arms: list[dict], best: dict, seeds, path: Path) -> Path:
@@ -77,7 +81,6 @@ def lr_sensitivity(store: RunStore, arms: list[dict], best: dict, seeds, path: P
             if ok.any():
                 top = max(top, float(np.nanmax(finals[ok])))
             for lr in np.array(lrs)[~ok]:
-                ax.plot([lr], [np.nan], "x")
                 ax.annotate("diverged", (lr, 0.98), xycoords=("data", "axes fraction"),
                             color=c, fontsize=7, ha="center", va="top", rotation=90)
             b = best[a["label"]]
@@ -90,10 +93,7 @@ def lr_sensitivity(store: RunStore, arms: list[dict], best: dict, seeds, path: P
         ax.set_title(f"{title}: learning-rate sensitivity (star = best)", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def alignment(store: RunStore, members: list[tuple[str, float]], seeds, path: Path) -> Path:
@@ -124,10 +124,7 @@ def alignment(store: RunStore, members: list[tuple[str, float]], seeds, path: Pa
                      fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def gains(contrasts: list[dict], path: Path) -> Path:
@@ -154,7 +151,4 @@ def gains(contrasts: list[dict], path: Path) -> Path:
         ax.set_title(c["title"], fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y", which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
