@@ -79,8 +79,7 @@ def run(args) -> dict:
     if "sync" in args.sections:
         result["sync"] = runners.run_sync(device, args.dtypes, models, plan, result["roofline"])
     if "perturb" in args.sections:
-        rows, skipped = runners.run_perturb(device, ks, batches, plan, dims=pdims)
-        result["perturb"], result["perturb_skipped"] = rows, skipped
+        result["perturb"] = runners.run_perturb(device, ks, batches, plan, dims=pdims)
     result["seconds"] = time.perf_counter() - t0
     return result
 

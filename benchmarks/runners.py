@@ -97,13 +97,6 @@ def run_sync(device: str, dtypes, models, plan: Plan, peaks: dict) -> list[dict]
 
 
 def run_perturb(device: str, k_values, batches, plan: Plan, dims=perturbation.DIMS):
-    """(rows, skip message or None)."""
-    reason = perturbation.skip_reason()
-    if reason:
-        return [], reason
-    hook = perturbation.delegate()
-    if hook is not None:
-        return hook(device=device, quick=plan.reps <= PLANS["quick"].reps), None
     rows = []
     for batch in batches:
         for k in k_values:
@@ -120,4 +113,4 @@ def run_perturb(device: str, k_values, batches, plan: Plan, dims=perturbation.DI
             })
             del load
             _free(device)
-    return rows, None
+    return rows

@@ -1,12 +1,9 @@
-"""K batched perturbation passes vs a Python loop of K passes (batch 64 and 256; peak memory on
-CUDA in extra_info). Skipped, saying why, until soap_cuda.perturb is in this checkout."""
+"""K batched perturbation passes vs a Python loop of K passes (batch 64 and 256; peak memory in
+extra_info)."""
 import pytest
 
 from . import perturbation
 from .conftest import DEVICES, timed
-
-REASON = perturbation.skip_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 
 @pytest.mark.parametrize("k", perturbation.K_VALUES)

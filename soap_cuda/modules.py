@@ -100,10 +100,16 @@ class FALinear(nn.Module):
         if self.training and (self.sync_every is not None or self.sync_at_start) \
                 and not self.schedule_paused and torch.is_grad_enabled():
             self._advance_schedule(input.shape[0] if input.dim() > 1 else 1)
+        # The dicts directly: nn.Module.__getattr__ costs ~0.5 us a call on this hot path. A
+        # parametrized or weight-normed layer keeps weight/bias elsewhere: the attribute finds it.
+        params = self._parameters
+        weight = params.get("weight")
+        if weight is None:
+            weight = self.weight
+        bias = params["bias"] if "bias" in params else self.bias
         if self.feedback_override is None and self.feedback != "bp":  # the common case, first
-            # _buffers directly: nn.Module.__getattr__ costs ~0.5 us a call on this hot path
-            return fa_linear(input, self.weight, self.bias, self._buffers["b_matrix"])
-        return fa_linear(input, self.weight, self.bias, self.feedback_matrix)
+            return fa_linear(input, weight, bias, self._buffers["b_matrix"])
+        return fa_linear(input, weight, bias, self.feedback_matrix)
 
     @torch.compiler.disable
     def _advance_schedule(self, batch: int) -> None:

@@ -157,6 +157,32 @@ def test_module_is_a_swap_in_for_nn_linear():
     assert FALinear(6, 4, dtype=torch.float64).weight.dtype == torch.float64
 
 
+@pytest.mark.parametrize("wrap", ["parametrize", "weight_norm", "bias_parametrize"])
+def test_parametrized_weight_and_bias_are_used(wrap):
+    # forward reads weight/bias from the parameter dict on its fast path; a parametrized or
+    # weight-normed layer keeps them elsewhere and must still be used, with gradients flowing.
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Double(nn.Module):
+        def forward(self, t):
+            return 2 * t
+
+    torch.manual_seed(0)
+    layer = FALinear(5, 3, dtype=torch.float64)
+    if wrap == "parametrize":
+        parametrize.register_parametrization(layer, "weight", Double())
+    elif wrap == "bias_parametrize":
+        parametrize.register_parametrization(layer, "bias", Double())
+        with torch.no_grad():
+            layer.parametrizations.bias.original.uniform_(-1, 1)
+    else:
+        layer = parametrizations.weight_norm(layer)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias, rtol=0, atol=1e-12)
+    layer(x).sum().backward()
+    grads = [p.grad for p in layer.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
 def test_convert_keeps_weights_and_reports():
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 3)))
     x = torch.randn(4, 5)

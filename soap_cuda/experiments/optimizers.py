@@ -1,4 +1,4 @@
-"""Optimizers for the experiments: SGD (default), Adam, and SOAP where installed.
+"""Optimizers for the experiments: SGD (default), Adam, and SOAP (`--rule soap`).
 
 Per-layer learning-rate scales (the gain-matched backprop control) become one param group per
 layer, so the optimizer itself applies them.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..optim import SOAP
 from .models import fa_layers
 
 OPTIMIZERS = ("sgd", "adam")
@@ -15,15 +16,6 @@ OPTIMIZERS = ("sgd", "adam")
 
 class ConfigError(ValueError):
     """An experiment setting that cannot run; the message says which and why."""
-
-
-def soap_optimizer_class():
-    try:
-        from soap_cuda.optim import SOAP  # lands from another branch; optional until then
-    except ImportError as e:
-        raise ConfigError("--rule soap needs soap_cuda.optim.SOAP, which this install of "
-                          "soap_cuda does not provide yet") from e
-    return SOAP
 
 
 def param_groups(model: nn.Module, lr: float, layer_lr_scale: dict[str, float] | None):
@@ -48,7 +40,7 @@ def make_optimizer(model: nn.Module, rule: str, optimizer: str, lr: float, momen
                    weight_decay: float = 0.0, layer_lr_scale: dict[str, float] | None = None):
     groups = param_groups(model, lr, layer_lr_scale)
     if rule == "soap":
-        return soap_optimizer_class()(groups, lr=lr)
+        return SOAP(groups, lr=lr)
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if optimizer == "adam":
