@@ -76,10 +76,11 @@ def sync(rows) -> str:
 
 def perturb(rows) -> str:
     head = ["batch", "K", "batched ms", "loop ms", "loop / batched", "batched peak MiB",
-            "loop peak MiB", "K noise copies MiB", "reps"]
+            "largest tiled activation MiB", "loop peak MiB", "K noise copies MiB", "reps"]
     out = [[r["batch"], r["K"], _f(r["median_ms"]["batched"]), _f(r["median_ms"]["loop"]),
             f"{r['loop_over_batched']:.2f}", _mib(r["peak_extra_bytes"]["batched"]),
-            _mib(r["peak_extra_bytes"]["loop"]), _mib(r["noise_copies_bytes"]), r["reps"]]
+            _mib(r["tiled_activation_bytes"]), _mib(r["peak_extra_bytes"]["loop"]),
+            _mib(r["noise_copies_bytes"]), r["reps"]]
            for r in rows]
     return _table(head, out)
 
@@ -120,10 +121,13 @@ def targets(result: dict) -> str:
     if k32:
         s = k32[0]["loop_over_batched"]
         met = s >= 10.0 if gpu else s > 1.0
-        peak, noise = k32[0]["peak_extra_bytes"]["batched"], k32[0]["noise_copies_bytes"]
+        r = k32[0]
+        peak, floor = r["peak_extra_bytes"]["batched"], r["tiled_activation_bytes"]
         lines.append(f"- Perturbation K=32, batch 64, batched vs loop: {s:.2f}x "
-                     f"({'met' if met else 'missed'}; target {'>= 10x' if gpu else '> 1x'}); "
-                     f"batched peak {_mib(peak)} MiB beside {_mib(noise)} MiB for K noise copies.")
+                     f"({'met' if met else 'missed'}; target {'>= 10x' if gpu else '> 1x'}). "
+                     f"Batched peak {_mib(peak)} MiB: the tiled activation every batched pass "
+                     f"holds ({_mib(floor)} MiB) plus {_mib(peak - floor)} MiB, where stored "
+                     f"noise would add {_mib(r['noise_copies_bytes'])} MiB.")
     return "\n".join(lines) if lines else "- nothing measured"
 
 
@@ -141,7 +145,9 @@ def report(result: dict) -> str:
                   sync(result["sync"])]
     if result.get("perturb"):
         parts += ["## Perturbation: K batched passes vs a Python loop (medians)",
-                  "Peak MiB: memory one call adds over what was allocated before it.",
+                  "Peak MiB: memory one call adds over what was allocated before it. Any "
+                  "batched pass holds the largest layer output of the K-tiled batch; the noise "
+                  "is regenerated, never stored, so the batched peak stays near that floor.",
                   perturb(result["perturb"])]
     parts += ["## Targets", targets(result)]
     return "\n\n".join(parts) + "\n"

@@ -54,6 +54,11 @@ class PerturbWorkload:
         return perturbed_losses_loop(self.model, self.x, self.y, _per_example_ce, SIGMA, noise,
                                      self.k)
 
+    def tiled_activation_bytes(self) -> int:
+        """The largest layer output of the K-tiled batch: what any batched pass must hold."""
+        return max((self.k + 1) * self.batch * m.out_features * self.x.element_size()
+                   for _, m in self.linear)
+
     def noise_bytes(self) -> int:
         """K stored copies of the noise: what the batched pass must stay well below."""
         return sum(self.k * self.batch * m.out_features * self.x.element_size()
@@ -62,8 +67,8 @@ class PerturbWorkload:
 
 def peak_extra_bytes(fn, device: str) -> int:
     """Peak memory a call adds over what was allocated before it. CUDA: the caching
-    allocator's counters. CPU: the profiler's allocation and free events (each op's self
-    memory, frees as [memory] events) replayed in time order."""
+    allocator's counters. CPU: an upper bound from the profiler's per-op memory, allocations
+    counted at an op's start and frees at its end."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -76,8 +81,10 @@ def peak_extra_bytes(fn, device: str) -> int:
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         fn()
+    changes = [(e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end,
+                e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage]
     held = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        held += event.self_cpu_memory_usage
+    for _, change in sorted(changes, key=lambda c: (c[0], -c[1])):
+        held += change
         peak = max(peak, held)
     return peak

@@ -110,6 +110,7 @@ def run_perturb(device: str, k_values, batches, plan: Plan, dims=perturbation.DI
                 "peak_extra_bytes": {"batched": perturbation.peak_extra_bytes(load.batched, device),
                                      "loop": perturbation.peak_extra_bytes(load.loop, device)},
                 "noise_copies_bytes": load.noise_bytes(),
+                "tiled_activation_bytes": load.tiled_activation_bytes(),
             })
             del load
             _free(device)

@@ -1,5 +1,6 @@
-"""perturbed_bias_act, perturb_estimate, node_perturb_grad: the ops against the references fed
-the same materialised noise, bad inputs, opcheck, CUDA against CPU."""
+"""perturbed_bias_act (and its in-place twin perturbed_bias_act_), perturb_estimate,
+node_perturb_grad: the ops against the references fed the same materialised noise, bad inputs,
+opcheck, CUDA against CPU."""
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from soap_cuda.reference import perturb as ref
 from conftest import requires_cuda
 
 bias_act = torch.ops.soap_cuda.perturbed_bias_act.default
+bias_act_ = torch.ops.soap_cuda.perturbed_bias_act_.default
 estimate = torch.ops.soap_cuda.perturb_estimate.default
 node_grad = torch.ops.soap_cuda.node_perturb_grad.default
 
@@ -59,6 +61,37 @@ def test_bias_act_without_bias_noncontiguous_and_empty():
     # sigma = 0: no noise anywhere
     out = bias_act(wide, None, 0.0, seed, offset, 2, False, "tanh")
     torch.testing.assert_close(out, torch.tanh(wide), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("num_perturb,antithetic,batch,width",
+                         [(0, False, 3, 5), (5, False, 3, 17), (4, True, 2, 4097)])
+def test_in_place_twin_writes_the_same_bits_over_pre(dtype, activation, num_perturb, antithetic,
+                                                     batch, width):
+    seed, offset = seeds()
+    pre = torch.randn((num_perturb + 1) * batch, width, dtype=dtype)
+    for bias in (torch.randn(width, dtype=dtype), torch.randn(2 * width, dtype=dtype)[::2], None):
+        want = bias_act(pre, bias, 0.37, seed, offset, num_perturb, antithetic, activation)
+        buf = pre.clone()
+        storage = buf.data_ptr()
+        assert bias_act_(buf, bias, 0.37, seed, offset, num_perturb, antithetic, activation) is None
+        assert buf.data_ptr() == storage and torch.equal(buf, want)
+
+
+def test_in_place_twin_rejects_what_it_cannot_write_safely():
+    with pytest.raises(RuntimeError, match=r"perturbed_bias_act_: argument 'pre' must be "
+                                           r"contiguous"):
+        bias_act_(torch.randn(6, 10)[:, ::2], None, 0.1, 1, 2, 2, False, "relu")
+    pre = torch.randn(6, 5)
+    kept = pre.clone()
+    with pytest.raises(RuntimeError, match=r"perturbed_bias_act_: argument 'bias' must not "
+                                           r"share memory with 'pre'"):
+        bias_act_(pre, pre[2], 0.1, 1, 2, 2, False, "relu")
+    with pytest.raises(RuntimeError, match=r"perturbed_bias_act_: argument 'pre' must have "
+                                           r"\(num_perturb \+ 1\) \* batch rows"):
+        bias_act_(torch.randn(7, 5), None, 0.1, 1, 2, 2, False, "relu")
+    assert torch.equal(pre, kept)  # a rejected call writes nothing
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -114,6 +147,7 @@ def test_opcheck():
                  (pre.double(), None, 0.0, 1, 2, 0, False, "sigmoid")]:
         torch.library.opcheck(bias_act, args)
     losses = torch.randn(5, 3, dtype=torch.float64)
+    torch.library.opcheck(bias_act_, (pre.clone(), torch.randn(5), 0.1, 1, 2, 2, True, "tanh"))
     torch.library.opcheck(estimate, (losses, 4, 0.1, 7, 8, True, 0.5))
     torch.library.opcheck(node_grad, (losses, torch.randn(3, 2), 4, 0.1, 7, 8, False, 1.0))
 
@@ -178,6 +212,11 @@ def test_cuda_matches_cpu(dtype, antithetic):
                 assert torch.equal(cuda, cpu), activation
             else:  # tanh / exp come from libdevice on CUDA and from libm on the CPU
                 torch.testing.assert_close(cuda, cpu, **TOL[dtype])
+        buf = pre.cuda()
+        bias_act_(buf, None if bias is None else bias.cuda(), 0.3, seed, offset, 4, antithetic,
+                  "relu")
+        assert torch.equal(buf.cpu(), bias_act(pre, bias, 0.3, seed, offset, 4, antithetic,
+                                               "relu"))
     losses = torch.randn(5, 33, dtype=torch.float64)
     x = torch.randn(33, 9, dtype=dtype)
     # same noise, same float64 accumulation order, no FMA: the same bits

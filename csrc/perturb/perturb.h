@@ -23,10 +23,16 @@ void normals_block(uint64_t seed, uint64_t offset, int64_t first, int64_t count,
 
 void check_philox_normal_fill_args(const at::Tensor& noise);
 
-// Checks the arguments; returns the activation and the per-pass batch size.
+// Checks the arguments of `op` (perturbed_bias_act or its in-place twin); returns the
+// activation and the per-pass batch size.
 std::tuple<Activation, int64_t> check_perturbed_bias_act_args(
-    const at::Tensor& pre, const c10::optional<at::Tensor>& bias, double sigma,
+    const char* op, const at::Tensor& pre, const c10::optional<at::Tensor>& bias, double sigma,
     int64_t num_perturb, bool antithetic, c10::string_view activation);
+
+// perturbed_bias_act_ writes its result over 'pre': it must be contiguous, and a bias read
+// during the write must not lie in it.
+void check_written_in_place(const char* op, const at::Tensor& pre,
+                            const c10::optional<at::Tensor>& bias);
 
 // losses [K+1, rows]; returns K.
 int64_t check_perturb_estimate_args(const char* op, const at::Tensor& losses, int64_t width,

@@ -1,6 +1,7 @@
 // Argument checks of the perturbation ops (messages mirrored in soap_cuda/reference/perturb.py),
 // and node_perturb_grad's device-generic body.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -20,23 +21,22 @@ void check_philox_normal_fill_args(const at::Tensor& noise) {
 }
 
 std::tuple<Activation, int64_t> check_perturbed_bias_act_args(
-    const at::Tensor& pre, const c10::optional<at::Tensor>& bias, double sigma,
+    const char* op, const at::Tensor& pre, const c10::optional<at::Tensor>& bias, double sigma,
     int64_t num_perturb, bool antithetic, c10::string_view activation) {
-  constexpr const char* op = "perturbed_bias_act";
   check_float_or_double(op, "pre", pre);
   check_dim(op, "pre", pre, 2);
-  TORCH_CHECK(num_perturb >= 0, "soap_cuda::perturbed_bias_act: argument 'num_perturb' must be "
-              ">= 0, got ", num_perturb);
-  TORCH_CHECK(!antithetic || num_perturb % 2 == 0, "soap_cuda::perturbed_bias_act: argument "
+  TORCH_CHECK(num_perturb >= 0, "soap_cuda::", op, ": argument 'num_perturb' must be >= 0, got ",
+              num_perturb);
+  TORCH_CHECK(!antithetic || num_perturb % 2 == 0, "soap_cuda::", op, ": argument "
               "'num_perturb' must be even with antithetic pairs, got ", num_perturb);
-  TORCH_CHECK(pre.size(0) % (num_perturb + 1) == 0, "soap_cuda::perturbed_bias_act: argument "
-              "'pre' must have (num_perturb + 1) * batch rows, got ", pre.size(0),
-              " rows for num_perturb=", num_perturb);
-  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, "soap_cuda::perturbed_bias_act: argument "
-              "'sigma' must be finite and >= 0, got ", sigma);
+  TORCH_CHECK(pre.size(0) % (num_perturb + 1) == 0, "soap_cuda::", op, ": argument 'pre' must "
+              "have (num_perturb + 1) * batch rows, got ", pre.size(0), " rows for num_perturb=",
+              num_perturb);
+  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, "soap_cuda::", op, ": argument 'sigma' must "
+              "be finite and >= 0, got ", sigma);
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == pre.size(1), "soap_cuda::perturbed_bias_act:"
-                " argument 'bias' must have shape [", pre.size(1), "] (width), got ",
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == pre.size(1), "soap_cuda::", op,
+                ": argument 'bias' must have shape [", pre.size(1), "] (width), got ",
                 bias->sizes());
     check_same_dtype(op, "bias", *bias, "pre", pre);
     check_same_device(op, "bias", *bias, "pre", pre);
@@ -51,10 +51,21 @@ std::tuple<Activation, int64_t> check_perturbed_bias_act_args(
   } else if (activation == "sigmoid") {
     act = Activation::kSigmoid;
   } else {
-    TORCH_CHECK(false, "soap_cuda::perturbed_bias_act: argument 'activation' must be one of "
-                "identity, relu, tanh, sigmoid, got '", std::string(activation), "'");
+    TORCH_CHECK(false, "soap_cuda::", op, ": argument 'activation' must be one of identity, "
+                "relu, tanh, sigmoid, got '", std::string(activation), "'");
   }
   return std::make_tuple(act, pre.size(0) / (num_perturb + 1));
+}
+
+void check_written_in_place(const char* op, const at::Tensor& pre,
+                            const c10::optional<at::Tensor>& bias) {
+  check_contiguous(op, "pre", pre);
+  // A non-contiguous bias is copied before the kernel runs; a contiguous one is read in place.
+  if (bias.has_value() && bias->defined() && bias->is_contiguous()) {
+    TORCH_CHECK(at::get_overlap_status(*bias, pre) == at::MemOverlapStatus::No, "soap_cuda::",
+                op, ": argument 'bias' must not share memory with 'pre', which is written in "
+                "place");
+  }
 }
 
 int64_t check_perturb_estimate_args(const char* op, const at::Tensor& losses, int64_t width,

@@ -40,9 +40,11 @@ __global__ void philox_normal_fill_kernel(scalar_t* __restrict__ data, int64_t n
 }
 
 template <typename scalar_t>
-__global__ void perturbed_bias_act_kernel(const scalar_t* __restrict__ pre,
+// pre and out may be one buffer (perturbed_bias_act_): each thread reads element i before
+// writing it, and no other thread touches it, so neither pointer is __restrict__.
+__global__ void perturbed_bias_act_kernel(const scalar_t* pre,
                                           const scalar_t* __restrict__ bias,
-                                          scalar_t* __restrict__ out, int64_t rows, int64_t width,
+                                          scalar_t* out, int64_t rows, int64_t width,
                                           int64_t batch, scalar_t sigma, uint64_t seed,
                                           uint64_t offset, bool antithetic, Activation act) {
   const int64_t n = rows * width;
@@ -100,21 +102,14 @@ void philox_normal_fill_cuda(const at::Tensor& noise, int64_t seed, int64_t offs
   if (!out.is_same(noise)) noise.copy_(out);
 }
 
-at::Tensor perturbed_bias_act_cuda(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
-                                   double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
-                                   bool antithetic, c10::string_view activation) {
-  const auto checked = check_perturbed_bias_act_args(pre, bias, sigma, num_perturb, antithetic,
-                                                     activation);
-  const Activation act = std::get<0>(checked);
-  const int64_t batch = std::get<1>(checked);
-  const c10::cuda::CUDAGuard guard(pre.device());
-  const at::Tensor x = pre.contiguous();
+void launch_bias_act(const at::Tensor& x, const c10::optional<at::Tensor>& bias, at::Tensor& out,
+                     double sigma, int64_t seed, int64_t offset, int64_t batch, bool antithetic,
+                     Activation act) {
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor out = at::empty_like(x);
   const int64_t rows = x.size(0), width = x.size(1);
   const int64_t n = rows * width;
-  if (n == 0) return out;
+  if (n == 0) return;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "perturbed_bias_act_cuda", [&] {
     perturbed_bias_act_kernel<scalar_t><<<grid_for(n), kThreads, 0, stream>>>(
@@ -123,7 +118,31 @@ at::Tensor perturbed_bias_act_cuda(const at::Tensor& pre, const c10::optional<at
         static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), antithetic, act);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor perturbed_bias_act_cuda(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
+                                   double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
+                                   bool antithetic, c10::string_view activation) {
+  const auto checked = check_perturbed_bias_act_args("perturbed_bias_act", pre, bias, sigma,
+                                                     num_perturb, antithetic, activation);
+  const c10::cuda::CUDAGuard guard(pre.device());
+  const at::Tensor x = pre.contiguous();
+  at::Tensor out = at::empty_like(x);
+  launch_bias_act(x, bias, out, sigma, seed, offset, std::get<1>(checked), antithetic,
+                  std::get<0>(checked));
   return out;
+}
+
+void perturbed_bias_act_cuda_(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
+                              double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
+                              bool antithetic, c10::string_view activation) {
+  const auto checked = check_perturbed_bias_act_args("perturbed_bias_act_", pre, bias, sigma,
+                                                     num_perturb, antithetic, activation);
+  check_written_in_place("perturbed_bias_act_", pre, bias);
+  const c10::cuda::CUDAGuard guard(pre.device());
+  at::Tensor out = pre;
+  launch_bias_act(pre, bias, out, sigma, seed, offset, std::get<1>(checked), antithetic,
+                  std::get<0>(checked));
 }
 
 at::Tensor perturb_estimate_cuda(const at::Tensor& losses, int64_t width, double sigma,
@@ -162,6 +181,7 @@ std::tuple<at::Tensor, at::Tensor> node_perturb_grad_cuda(const at::Tensor& loss
 TORCH_LIBRARY_IMPL(soap_cuda, CUDA, m) {
   m.impl("philox_normal_fill", &philox_normal_fill_cuda);
   m.impl("perturbed_bias_act", &perturbed_bias_act_cuda);
+  m.impl("perturbed_bias_act_", &perturbed_bias_act_cuda_);
   m.impl("perturb_estimate", &perturb_estimate_cuda);
   m.impl("node_perturb_grad", &node_perturb_grad_cuda);
 }

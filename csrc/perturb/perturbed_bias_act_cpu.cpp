@@ -1,4 +1,4 @@
-// CPU kernel of perturbed_bias_act: out = act(pre + bias + sigma * s * xi) on the K-tiled batch,
+// CPU kernels of perturbed_bias_act (and its in-place twin): out = act(pre + bias + sigma * s * xi) on the K-tiled batch,
 // the noise regenerated per element from Philox (row block 0 is the clean pass: no noise).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -16,19 +16,15 @@ namespace {
 // Noise elements generated per call of the vectorised generator (a few rows' worth).
 constexpr int64_t kNoiseChunk = 4096;
 
-at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
-                                  double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
-                                  bool antithetic, c10::string_view activation) {
-  const auto checked = check_perturbed_bias_act_args(pre, bias, sigma, num_perturb, antithetic,
-                                                     activation);
-  const Activation act = std::get<0>(checked);
-  const int64_t batch = std::get<1>(checked);
-  const at::Tensor x = pre.contiguous();
+// out = act(x + bias + sigma * s * xi), row by row; out may be x itself (each element is read
+// before it is written, by the same iteration).
+void bias_act_into(const at::Tensor& x, const c10::optional<at::Tensor>& bias, at::Tensor& out,
+                   double sigma, int64_t seed, int64_t offset, int64_t batch, bool antithetic,
+                   Activation act) {
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor out = at::empty_like(x);
   const int64_t rows = x.size(0), width = x.size(1);
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   const auto useed = static_cast<uint64_t>(seed), uoffset = static_cast<uint64_t>(offset);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "perturbed_bias_act", [&] {
     const scalar_t* in = x.data_ptr<scalar_t>();
@@ -65,11 +61,36 @@ at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at:
       }
     });
   });
+}
+
+at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
+                                  double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
+                                  bool antithetic, c10::string_view activation) {
+  const auto checked = check_perturbed_bias_act_args("perturbed_bias_act", pre, bias, sigma,
+                                                     num_perturb, antithetic, activation);
+  const at::Tensor x = pre.contiguous();
+  at::Tensor out = at::empty_like(x);
+  bias_act_into(x, bias, out, sigma, seed, offset, std::get<1>(checked), antithetic,
+                std::get<0>(checked));
   return out;
+}
+
+void perturbed_bias_act_cpu_(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
+                             double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
+                             bool antithetic, c10::string_view activation) {
+  const auto checked = check_perturbed_bias_act_args("perturbed_bias_act_", pre, bias, sigma,
+                                                     num_perturb, antithetic, activation);
+  check_written_in_place("perturbed_bias_act_", pre, bias);
+  at::Tensor out = pre;
+  bias_act_into(pre, bias, out, sigma, seed, offset, std::get<1>(checked), antithetic,
+                std::get<0>(checked));
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) { m.impl("perturbed_bias_act", &perturbed_bias_act_cpu); }
+TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
+  m.impl("perturbed_bias_act", &perturbed_bias_act_cpu);
+  m.impl("perturbed_bias_act_", &perturbed_bias_act_cpu_);
+}
 
 }  // namespace soap_cuda

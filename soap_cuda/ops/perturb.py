@@ -11,6 +11,7 @@ from ..reference import perturb as ref
 
 _library.register_default("philox_normal_fill", ref.philox_normal_fill)
 _library.register_default("perturbed_bias_act", ref.perturbed_bias_act)
+_library.register_default("perturbed_bias_act_", ref.perturbed_bias_act_)
 _library.register_default("perturb_estimate", ref.perturb_estimate)
 _library.register_default("node_perturb_grad", ref.node_perturb_grad)
 
@@ -25,6 +26,14 @@ def _perturbed_bias_act_fake(pre, bias, sigma, seed, offset, num_perturb, antith
                              activation):
     ref.check_perturbed_bias_act_args(pre, bias, sigma, num_perturb, antithetic, activation)
     return pre.new_empty(pre.shape)
+
+
+@torch.library.register_fake("soap_cuda::perturbed_bias_act_")
+def _perturbed_bias_act_inplace_fake(pre, bias, sigma, seed, offset, num_perturb, antithetic,
+                                     activation):
+    ref.check_perturbed_bias_act_args(pre, bias, sigma, num_perturb, antithetic, activation,
+                                      op="perturbed_bias_act_")
+    ref.check_written_in_place("perturbed_bias_act_", pre, bias, check_memory=False)
 
 
 @torch.library.register_fake("soap_cuda::perturb_estimate")

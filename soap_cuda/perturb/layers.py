@@ -1,9 +1,9 @@
 """Finding a model's linear layers and running one of them on a K-tiled batch.
 
 A pass plan says, per linear layer (by module name), whether its pre-activations get node noise
-(fused with bias and activation in `perturbed_bias_act`), or whether each row block of the tiled
-batch uses its own weights (weight perturbation, or SOAP's weight sets), and whether to keep the
-layer's clean input (for the gradient estimate).
+(fused with bias and activation in `perturbed_bias_act_`, over the GEMM's output), or whether
+each row block of the tiled batch uses its own weights (weight perturbation, or SOAP's weight
+sets), and whether to keep the layer's clean input (for the gradient estimate).
 """
 from __future__ import annotations
 
@@ -86,12 +86,15 @@ def run_linear(name: str, layer: nn.Module, h: Tensor, plan: PassPlan, activatio
                 pre = pre.repeat(plan.blocks, 1)
                 lead = (plan.blocks * lead[0], *lead[1:])
                 shared = False
-            out = torch.ops.soap_cuda.perturbed_bias_act(
+            # pre is this call's own fresh GEMM output: written over, the tiled batch is held
+            # once (no second [(K+1) B, out] buffer)
+            torch.ops.soap_cuda.perturbed_bias_act_(
                 pre, layer.bias, plan.sigma, plan.seed, plan.node_offsets[name], plan.blocks - 1,
                 plan.antithetic, activation)
         else:  # one unperturbed block: bias and activation, no noise
-            out = torch.ops.soap_cuda.perturbed_bias_act(pre, layer.bias, 0.0, 0, 0, 0, False,
-                                                         activation)
+            torch.ops.soap_cuda.perturbed_bias_act_(pre, layer.bias, 0.0, 0, 0, 0, False,
+                                                    activation)
+        out = pre
     return out.reshape(*lead, out.shape[-1]), shared
 
 

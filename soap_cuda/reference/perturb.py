@@ -53,9 +53,9 @@ def philox_normal_fill(noise: Tensor, seed: int, offset: int) -> None:
 
 
 def check_perturbed_bias_act_args(pre: Tensor, bias: Tensor | None, sigma: float,
-                                  num_perturb: int, antithetic: bool, activation: str) -> int:
+                                  num_perturb: int, antithetic: bool, activation: str,
+                                  op: str = "perturbed_bias_act") -> int:
     """Returns the per-pass batch size."""
-    op = "perturbed_bias_act"
     _float_or_double(op, "pre", pre)
     if pre.dim() != 2:
         _fail(op, "pre", f"must be 2-D, got shape {list(pre.shape)}")
@@ -100,6 +100,31 @@ def perturbed_bias_act(pre: Tensor, bias: Tensor | None, sigma: float, seed: int
                        pre.dtype, pre.device)
     return perturbed_bias_act_with_noise(pre, bias, sigma, xi, num_perturb, antithetic,
                                          activation)
+
+
+def check_written_in_place(op: str, pre: Tensor, bias: Tensor | None,
+                           check_memory: bool = True) -> None:
+    """check_memory=False for fake tensors, which have no addresses."""
+    if not pre.is_contiguous():
+        _fail(op, "pre", "must be contiguous (call .contiguous() first)")
+    # A non-contiguous bias is copied before the kernel runs; a contiguous one is read in place.
+    if check_memory and bias is not None and bias.is_contiguous() and bias.numel() and \
+            pre.numel():
+        b0, p0 = bias.data_ptr(), pre.data_ptr()
+        if b0 < p0 + pre.numel() * pre.element_size() and \
+                p0 < b0 + bias.numel() * bias.element_size():
+            _fail(op, "bias", "must not share memory with 'pre', which is written in place")
+
+
+def perturbed_bias_act_(pre: Tensor, bias: Tensor | None, sigma: float, seed: int, offset: int,
+                        num_perturb: int, antithetic: bool, activation: str) -> None:
+    """perturbed_bias_act written over `pre`."""
+    check_perturbed_bias_act_args(pre, bias, sigma, num_perturb, antithetic, activation,
+                                  op="perturbed_bias_act_")
+    check_written_in_place("perturbed_bias_act_", pre, bias)
+    with torch.no_grad():
+        pre.copy_(perturbed_bias_act(pre, bias, sigma, seed, offset, num_perturb, antithetic,
+                                     activation))
 
 
 def check_perturb_estimate_args(op: str, losses: Tensor, width: int, sigma: float,
