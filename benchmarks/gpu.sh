@@ -63,11 +63,13 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_dev
 print('soap_cuda backend:', soap_cuda.backend(), soap_cuda.fallback_reason or '')
 assert soap_cuda.backend() == 'cuda', 'the CUDA kernels are not loaded'"
 step "tests" 90 env SOAP_CUDA_BACKEND=native "$python" -m pytest tests -rs -q
-# No caching allocator under memcheck, so each tensor's bounds are the allocation's own.
+# The sanitizers run the CUDA tests of this project's own kernels (fa_linear's GEMMs are
+# cuBLAS's); no caching allocator under memcheck, so each tensor's bounds are its allocation's.
+own_kernel_tests="tests/test_feedback_sync.py tests/test_perturb_ops.py tests/test_perturb_api.py tests/test_philox.py"
 step "memcheck" 100 env SOAP_CUDA_BACKEND=native PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-  compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -m pytest tests -q -k cuda
+  compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -m pytest $own_kernel_tests -q -k cuda
 step "racecheck" 80 env SOAP_CUDA_BACKEND=native \
-  compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -m pytest tests -q -k cuda
+  compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -m pytest $own_kernel_tests -q -k cuda
 step "report" 150 "$python" -m benchmarks.report --device cuda --out "$outdir"
 step "overhead" 60 sh -c "'$python' -m benchmarks.overhead --device cuda > '$outdir/overhead-cuda.md'"
 # With the time left (optional: running out is no failure), the pytest-benchmark suites' CUDA cases.
