@@ -1,5 +1,8 @@
 """soap_cuda.perturb: the batched passes and gradient estimates against K+1 separate forward
 passes (reference/perturb_model.py) fed the same materialised noise."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +14,11 @@ from soap_cuda.perturb import (layer_offset, losses_at_weight_sets, node_perturb
 from soap_cuda.reference import perturb_model as ref
 
 from conftest import requires_cuda
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root, not installed
+    sys.path.insert(0, str(ROOT))
+from benchmarks.perturbation import peak_extra_bytes  # noqa: E402  (the benchmarks' probe)
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -173,33 +181,21 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-8, atol=1e-8)
 
 
-def _peak_cpu_bytes(fn) -> int:
-    """An upper bound on the bytes torch CPU allocations hold at once during fn(), beyond those
-    held before it: the profiler's per-op memory, allocations counted at an op's start and
-    frees at its end (a composite op's frees of its temporaries show only in its total)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
-        fn()
-    changes = [(e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end,
-                e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage]
-    held = peak = 0
-    for _, change in sorted(changes, key=lambda c: (c[0], -c[1])):
-        held += change
-        peak = max(peak, held)
-    return peak
-
-
 @pytest.mark.skipif(soap_cuda.backend() == "python",
                     reason="a property of the native kernels: the Python fallback materialises "
                            "the noise (it is the reference)")
-def test_batched_pass_holds_the_tiled_batch_once_and_no_noise():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_batched_pass_holds_the_tiled_batch_once_and_no_noise(device):
     torch.manual_seed(0)
     k, batch, hidden = 15, 16, 512
-    model = nn.Sequential(FALinear(32, hidden), nn.ReLU(), FALinear(hidden, 4))
-    x, y = torch.randn(batch, 32), torch.randn(batch, 4)
+    model = nn.Sequential(FALinear(32, hidden, device=device), nn.ReLU(),
+                          FALinear(hidden, 4, device=device))
+    x, y = torch.randn(batch, 32, device=device), torch.randn(batch, 4, device=device)
     tiled = (k + 1) * batch * hidden * 4          # the hidden layer's K-tiled output
     noise = k * batch * (hidden + 4) * 4          # what stored noise would take
-    peak = _peak_cpu_bytes(lambda: perturbed_forward(model, x, y, mse, k, 0.1, seed=3).losses)
+    run = lambda: perturbed_forward(model, x, y, mse, k, 0.1, seed=3).losses  # noqa: E731
+    run()  # one-time allocations (e.g. the cuBLAS workspace) belong to no single pass
+    peak = peak_extra_bytes(run, device)
     # one tiled hidden buffer (bias, noise and activation written over the GEMM's output),
     # plus the small output layer and losses: well below a second buffer or the noise
     assert tiled <= peak < tiled + noise // 4, (peak, tiled, noise)
