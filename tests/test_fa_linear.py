@@ -72,6 +72,24 @@ def test_backward_skips_unrequested_gradients():
     assert wl.grad is not None
 
 
+def test_graph_is_recorded_exactly_when_a_gradient_is_wanted():
+    x, w, b, B = make_args((4, 6), 3, torch.float64)
+    want = x @ w.T + b
+    with torch.no_grad():  # evaluation: no node, same numbers
+        out = op(x, w.requires_grad_(), b, B)
+    assert out.grad_fn is None and not out.requires_grad
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-13)
+    frozen = op(x, w.detach(), b, B)  # nothing requires grad
+    assert frozen.grad_fn is None and torch.equal(frozen, out)
+    xg = x.clone().requires_grad_()  # frozen layer, input wants its gradient: through B
+    g = torch.randn(4, 3, dtype=torch.float64)
+    op(xg, w.detach(), b, B).backward(g)
+    torch.testing.assert_close(xg.grad, g @ B, rtol=0, atol=1e-13)
+    bg = b.clone().requires_grad_()  # only the bias wants one
+    op(x, w.detach(), bg, B).backward(g)
+    torch.testing.assert_close(bg.grad, g.sum(0), rtol=0, atol=1e-13)
+
+
 @pytest.mark.parametrize("in_shape,out_features", SHAPES)
 def test_b_equal_w_is_backprop(in_shape, out_features):
     """With b_matrix := weight, FA is backprop: gradients equal nn.Linear's autograd exactly."""
