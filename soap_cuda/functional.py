@@ -21,14 +21,21 @@ def _autocast_dtype(input: Tensor):
     return None
 
 
+def _autocast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    # autocast's own eligibility rule (ATen's cached_cast): floating tensors other than float64
+    return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+
 def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor) -> Tensor:
     """`input @ weight.T + bias` forward; backward sends the error through `b_matrix`.
 
-    Under autocast the operands are cast to the autocast dtype (as for nn.Linear); the casts are
-    differentiable, so fp32 master weights receive fp32 gradients.
+    Under autocast the operands are cast as nn.Linear's are: float32/float16/bfloat16 ones to
+    the autocast dtype, float64 ones left alone. The casts are differentiable, so fp32 master
+    weights receive fp32 gradients.
     """
     dtype = _autocast_dtype(input)
     if dtype is not None:
-        input, weight, b_matrix = input.to(dtype), weight.to(dtype), b_matrix.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+        input, weight, b_matrix = (_autocast(input, dtype), _autocast(weight, dtype),
+                                   _autocast(b_matrix, dtype))
+        bias = _autocast(bias, dtype) if bias is not None else None
     return _fa_linear_op(input, weight, bias, b_matrix)

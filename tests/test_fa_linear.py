@@ -285,6 +285,19 @@ def test_autocast_cpu_bfloat16_grads_close_to_float32():
     assert model[0].b_matrix.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_autocast_casts_what_nn_linear_casts(dtype):
+    # float64 is left alone by autocast, everything else goes to the autocast dtype
+    linear = nn.Linear(6, 4, dtype=dtype)
+    fa = FALinear(6, 4, dtype=dtype)
+    fa.load_state_dict({**linear.state_dict(), "b_matrix": fa.b_matrix})
+    x = torch.randn(3, 6, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = linear(x), fa(x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = nn.Sequential(FALinear(12, 16), nn.Tanh(), FALinear(16, 5)).double()
