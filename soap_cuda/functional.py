@@ -4,17 +4,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import func_transforms
 from . import ops  # noqa: F401  (makes torch.ops.soap_cuda complete)
 
 
 _fa_linear_op = torch.ops.soap_cuda.fa_linear.default
-# One C call answers "is autocast on anywhere?"; the per-device query runs only when it is.
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
+# One C call each answers "is autocast on anywhere?" and "is a torch.func transform active?";
+# the slower per-device autocast query runs only when the first says yes.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+_transforms_active = func_transforms.transforms_active
 
 
 def _autocast_dtype(input: Tensor):
-    if _any_autocast is not None and not torch.compiler.is_compiling() and not _any_autocast():
-        return None
     device_type = input.device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
@@ -26,16 +27,25 @@ def _autocast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
+def _cast_for_autocast(input, weight, bias, b_matrix):
+    dtype = _autocast_dtype(input)
+    if dtype is None:
+        return input, weight, bias, b_matrix
+    return (_autocast(input, dtype), _autocast(weight, dtype),
+            _autocast(bias, dtype) if bias is not None else None, _autocast(b_matrix, dtype))
+
+
 def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor) -> Tensor:
     """`input @ weight.T + bias` forward; backward sends the error through `b_matrix`.
 
     Under autocast the operands are cast as nn.Linear's are: float32/float16/bfloat16 ones to
     the autocast dtype, float64 ones left alone. The casts are differentiable, so fp32 master
-    weights receive fp32 gradients.
+    weights receive fp32 gradients. Under torch.func transforms (grad, vmap, jacrev, ...) the
+    same rule runs as a transform-aware autograd Function (`soap_cuda.func_transforms`).
     """
-    dtype = _autocast_dtype(input)
-    if dtype is not None:
-        input, weight, b_matrix = (_autocast(input, dtype), _autocast(weight, dtype),
-                                   _autocast(b_matrix, dtype))
-        bias = _autocast(bias, dtype) if bias is not None else None
+    # (torch.compile traces both queries, fullgraph, and guards on their answers.)
+    if _any_autocast():
+        input, weight, bias, b_matrix = _cast_for_autocast(input, weight, bias, b_matrix)
+    if _transforms_active():
+        return func_transforms.fa_linear(input, weight, bias, b_matrix)
     return _fa_linear_op(input, weight, bias, b_matrix)

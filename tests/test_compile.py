@@ -29,6 +29,36 @@ def test_inductor_fullgraph_matches_eager(rule):
     assert explanation.graph_break_count == 0
 
 
+def test_fullgraph_under_autocast_and_inside_torch_func_grad():
+    torch.manual_seed(0)
+    model = nn.Sequential(FALinear(12, 32), nn.ReLU(), FALinear(32, 6))
+    x, target = torch.randn(16, 12), torch.randn(16, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager_out = model(x)
+        eager = grads(model, x, target)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compiled(x).dtype == eager_out.dtype == torch.bfloat16
+        for got, want in zip(grads(compiled, x, target), eager):
+            torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-3)
+    # torch.func.grad of a compiled function: the transform-aware path traces too
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(p):
+        out = torch.func.functional_call(model, (p, buffers), (x,))
+        return nn.functional.mse_loss(out, target)
+
+    want = torch.func.grad(loss)(params)
+    torch._dynamo.reset()
+    got = torch.compile(torch.func.grad(loss), fullgraph=True, backend="aot_eager")(params)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    eager_grads = grads(model, x, target)
+    torch.testing.assert_close(want["0.weight"], eager_grads[0], rtol=1e-5, atol=1e-6)
+
+
 def test_schedule_runs_eagerly_around_a_compiled_model():
     torch.manual_seed(0)
     model = nn.Sequential(FALinear(8, 8, feedback="sign", sync_every=20), nn.Tanh(), FALinear(8, 2))

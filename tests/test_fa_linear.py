@@ -298,6 +298,37 @@ def test_autocast_casts_what_nn_linear_casts(dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_torch_func_transforms_follow_the_fa_rule():
+    from torch.func import functional_call, grad, jacrev, vmap
+    torch.manual_seed(0)
+    layer = FALinear(5, 3, dtype=torch.float64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    buffers = dict(layer.named_buffers())
+    x = torch.randn(4, 2, 5, dtype=torch.float64)
+
+    def loss(p, xi):
+        return (functional_call(layer, (p, buffers), (xi,)) ** 2).sum()
+
+    xr = x.clone().requires_grad_()
+    (layer(xr) ** 2).sum().backward()  # the ordinary autograd path
+    got = grad(loss, argnums=(0, 1))(params, x)
+    torch.testing.assert_close(got[0]["weight"], layer.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[0]["bias"], layer.bias.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[1], xr.grad, rtol=1e-12, atol=1e-12)  # through B
+    # per-example gradients: one example at a time by autograd, all at once by vmap(grad)
+    per = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        layer.zero_grad()
+        (layer(x[i]) ** 2).sum().backward()
+        torch.testing.assert_close(per["weight"][i], layer.weight.grad, rtol=1e-12, atol=1e-12)
+    # the Jacobian with respect to the input is B, not W
+    jac = jacrev(lambda v: functional_call(layer, (params, buffers), (v,)))(x[0, 0])
+    torch.testing.assert_close(jac, layer.b_matrix, rtol=0, atol=0)
+    assert not torch.allclose(jac, layer.weight)
+    out = vmap(lambda v: functional_call(layer, (params, buffers), (v,)))(x)
+    torch.testing.assert_close(out, layer(x).detach(), rtol=1e-14, atol=1e-14)
+
+
 def test_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = nn.Sequential(FALinear(12, 16), nn.Tanh(), FALinear(16, 5)).double()
