@@ -37,7 +37,8 @@ class FALinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         # Every gradient, unconditionally: torch.compile of a torch.func.grad traces
-        # ctx.needs_input_grad wrongly (the second layer's weight got a zero gradient).
+        # ctx.needs_input_grad wrongly (the second layer's weight got a zero gradient; cf.
+        # pytorch/pytorch#159299).
         input, b_matrix = ctx.saved_tensors
         g2 = grad_output.reshape(-1, grad_output.shape[-1])
         grad_input = grad_output @ b_matrix
