@@ -57,6 +57,9 @@ def test_fullgraph_under_autocast_and_inside_torch_func_grad():
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
     eager_grads = grads(model, x, target)
     torch.testing.assert_close(want["0.weight"], eager_grads[0], rtol=1e-5, atol=1e-6)
+    with soap_cuda.feedback.backprop_mode(model):  # a dropped FA backward would give this
+        backprop = grads(model, x, target)
+    assert not torch.allclose(got["0.weight"], backprop[0], rtol=1e-2, atol=1e-3)
 
 
 def test_schedule_runs_eagerly_around_a_compiled_model():
