@@ -12,13 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# One C call: is any torch.func transform active on this thread?
-_transforms_active = getattr(torch._C, "_are_functorch_transforms_active",
-                             lambda: torch._C._functorch.peek_interpreter_stack() is not None)
-
-
-def transforms_active() -> bool:
-    return _transforms_active()
+# transforms_active(): is any torch.func transform active on this thread? One C call, bound
+# directly (no Python frame around it: it runs on every FA forward).
+transforms_active = getattr(torch._C, "_are_functorch_transforms_active",
+                            lambda: torch._C._functorch.peek_interpreter_stack() is not None)
 
 
 class FALinearFunction(torch.autograd.Function):
