@@ -4,18 +4,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .memory import overlaps
+
 OP = "soap_cuda::feedback_sync_"
 
 
 def _fail(arg: str, what: str):
     raise RuntimeError(f"{OP}: argument '{arg}' {what}")
-
-
-def _overlap(a: Tensor, b: Tensor) -> bool:
-    if a.numel() == 0 or b.numel() == 0:
-        return False
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
 
 
 def _check_like(arg: str, t: Tensor, ref_arg: str, ref: Tensor) -> None:
@@ -62,7 +57,7 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
         if not w.is_contiguous():
             _fail(wi, "must be contiguous (call .contiguous() first)")
         _check_like(bi, b, wi, w)
-        if check_memory and _overlap(b, w):
+        if check_memory and overlaps(b, w):
             _fail(bi, f"must not be the same memory as '{wi}'")
         if m is not None:
             _check_like(mi, m, wi, w)

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from .memory import overlaps
 from .philox import philox_normal
 
 ACTIVATIONS = {
@@ -108,12 +109,8 @@ def check_written_in_place(op: str, pre: Tensor, bias: Tensor | None,
     if not pre.is_contiguous():
         _fail(op, "pre", "must be contiguous (call .contiguous() first)")
     # A non-contiguous bias is copied before the kernel runs; a contiguous one is read in place.
-    if check_memory and bias is not None and bias.is_contiguous() and bias.numel() and \
-            pre.numel():
-        b0, p0 = bias.data_ptr(), pre.data_ptr()
-        if b0 < p0 + pre.numel() * pre.element_size() and \
-                p0 < b0 + bias.numel() * bias.element_size():
-            _fail(op, "bias", "must not share memory with 'pre', which is written in place")
+    if check_memory and bias is not None and bias.is_contiguous() and overlaps(bias, pre):
+        _fail(op, "bias", "must not share memory with 'pre', which is written in place")
 
 
 def perturbed_bias_act_(pre: Tensor, bias: Tensor | None, sigma: float, seed: int, offset: int,
