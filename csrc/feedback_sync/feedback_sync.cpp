@@ -8,6 +8,20 @@
 #include "../common/checks.h"
 
 namespace soap_cuda {
+namespace {
+
+// t must match ref's dtype and device (and shape, where same_shape), and be contiguous:
+// B and |M| against W, and each W against weights[0].
+void check_like(const char* op, const std::string& arg, const at::Tensor& t,
+                const std::string& ref_arg, const at::Tensor& ref, bool same_shape) {
+  TORCH_CHECK(!same_shape || t.sizes() == ref.sizes(), "soap_cuda::", op, ": argument '", arg,
+              "' must have the shape of '", ref_arg, "' ", ref.sizes(), ", got ", t.sizes());
+  check_same_dtype(op, arg.c_str(), t, ref_arg.c_str(), ref);
+  check_same_device(op, arg.c_str(), t, ref_arg.c_str(), ref);
+  check_contiguous(op, arg.c_str(), t);
+}
+
+}  // namespace
 
 void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
                               const c10::List<c10::optional<at::Tensor>>& magnitudes,
@@ -32,25 +46,15 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
     const at::Tensor& w = weights[i];
     const at::Tensor& b = b_matrices[i];
     check_floating(op, wi.c_str(), w);
-    check_same_dtype(op, wi.c_str(), w, "weights[0]", first);
-    check_same_device(op, wi.c_str(), w, "weights[0]", first);
-    check_contiguous(op, wi.c_str(), w);
-    TORCH_CHECK(b.sizes() == w.sizes(), "soap_cuda::feedback_sync_: argument '", bi,
-                "' must have the shape of '", wi, "' ", w.sizes(), ", got ", b.sizes());
-    check_same_dtype(op, bi.c_str(), b, wi.c_str(), w);
-    check_same_device(op, bi.c_str(), b, wi.c_str(), w);
-    check_contiguous(op, bi.c_str(), b);
+    check_like(op, wi, w, "weights[0]", first, /*same_shape=*/false);
+    check_like(op, bi, b, wi, w, /*same_shape=*/true);
     TORCH_CHECK(at::get_overlap_status(b, w) == at::MemOverlapStatus::No,
                 "soap_cuda::feedback_sync_: argument '", bi, "' must not be the same memory as '",
                 wi, "'");
     const c10::optional<at::Tensor> m = magnitudes.get(i);
     if (m.has_value() && m->defined()) {
       const std::string mi = "magnitudes[" + std::to_string(i) + "]";
-      TORCH_CHECK(m->sizes() == w.sizes(), "soap_cuda::feedback_sync_: argument '", mi,
-                  "' must have the shape of '", wi, "' ", w.sizes(), ", got ", m->sizes());
-      check_same_dtype(op, mi.c_str(), *m, wi.c_str(), w);
-      check_same_device(op, mi.c_str(), *m, wi.c_str(), w);
-      check_contiguous(op, mi.c_str(), *m);
+      check_like(op, mi, *m, wi, w, /*same_shape=*/true);
     }
   }
 }

@@ -13,9 +13,10 @@ def _fail(arg: str, what: str):
     raise RuntimeError(f"{OP}: argument '{arg}' {what}")
 
 
-def _check_like(arg: str, t: Tensor, ref_arg: str, ref: Tensor) -> None:
-    """t must match ref's shape, dtype and device, and be contiguous (B and |M| vs W)."""
-    if t.shape != ref.shape:
+def _check_like(arg: str, t: Tensor, ref_arg: str, ref: Tensor, same_shape: bool = True) -> None:
+    """t must match ref's dtype and device (and shape, unless same_shape=False), and be
+    contiguous: B and |M| against W, and each W against weights[0]."""
+    if same_shape and t.shape != ref.shape:
         _fail(arg, f"must have the shape of '{ref_arg}' {list(ref.shape)}, got {list(t.shape)}")
     if t.dtype != ref.dtype:
         _fail(arg, f"must have the dtype of '{ref_arg}' ({ref.dtype}), got {t.dtype}")
@@ -50,12 +51,7 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
         wi, bi, mi = f"weights[{i}]", f"b_matrices[{i}]", f"magnitudes[{i}]"
         if not w.is_floating_point():
             _fail(wi, f"must be a floating-point tensor, got {w.dtype}")
-        if w.dtype != first.dtype:
-            _fail(wi, f"must have the dtype of 'weights[0]' ({first.dtype}), got {w.dtype}")
-        if w.device != first.device:
-            _fail(wi, f"must be on the device of 'weights[0]' ({first.device}), got {w.device}")
-        if not w.is_contiguous():
-            _fail(wi, "must be contiguous (call .contiguous() first)")
+        _check_like(wi, w, "weights[0]", first, same_shape=False)
         _check_like(bi, b, wi, w)
         if check_memory and overlaps(b, w):
             _fail(bi, f"must not be the same memory as '{wi}'")
