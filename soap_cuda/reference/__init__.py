@@ -7,5 +7,4 @@ from .seed import SeedFALinear, SeedFALinearFunction
 
 __all__ = ["SeedFALinear", "SeedFALinearFunction", "fa_linear", "fa_linear_backward",
            "node_perturb_grad", "perturb_estimate", "perturbed_bias_act", "perturbed_bias_act_",
-           "philox_normal",
-           "philox_normal_fill"]
+           "philox_normal", "philox_normal_fill"]
