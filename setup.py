@@ -4,12 +4,16 @@ Environment switches (read at build time):
   SOAP_CUDA_FORCE_CUDA=1   build the CUDA kernels or fail loudly saying why
   SOAP_CUDA_FORCE_CPU=1    build the CPU kernels only, even when CUDA could be built
   SOAP_CUDA_SKIP_NATIVE=1  build nothing native: a pure-Python install (the fallback backend)
+  SOAP_CUDA_DEBUG_INFO=1   compile with debug info (-g); off by default: it doubles the compile time
   TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0+PTX": A100, H100, PTX for newer)
   MAX_JOBS                 parallel compile jobs (ninja)
   CUDA_HOME / CUDA_PATH    the CUDA toolkit; otherwise found from nvcc or /usr/local/cuda
 
 Build with `pip install --no-build-isolation -e .`: the extension must compile against the torch
 already installed (its headers and ABI); an isolated build would fetch a different torch.
+Object files persist in build/native/<python>-torch<version>-<cpu|cuda>/ (editable installs and
+wheels alike), so ninja recompiles only the translation units whose sources or headers changed;
+a new torch or Python gets a directory of its own, hence a clean build.
 """
 import glob
 import os
@@ -112,7 +116,10 @@ def _extensions():
     # vectorise loops with selects (it changes no result). -ffp-contract=off: the noise and
     # estimator math must round like the Python reference and the CUDA kernels (which use
     # explicitly rounded intrinsics); hosts whose baseline ISA has FMA (aarch64) would fuse.
+    # -g0 unless asked: Python's own CFLAGS carry -g, and debug info for torch's templates costs
+    # more compile time than the code itself.
     cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
+    cxx.append("-g" if _flag("SOAP_CUDA_DEBUG_INFO") else "-g0")
     extra_link = ["-fopenmp"]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     define_macros = []
@@ -126,7 +133,24 @@ def _extensions():
         ext = cpp_extension.CppExtension(
             "soap_cuda._C", sources, include_dirs=include_dirs, define_macros=define_macros,
             extra_compile_args={"cxx": cxx}, extra_link_args=extra_link)
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    build_dir = os.path.join(ROOT, "build", "native", "py%d%d-torch%s-%s" % (
+        sys.version_info[0], sys.version_info[1], torch.__version__, "cuda" if with_cuda else "cpu"))
+    return [ext], {"build_ext": _persistent_build_ext(cpp_extension.BuildExtension, build_dir)}
+
+
+def _persistent_build_ext(base, build_dir):
+    """BuildExtension whose object files live in build_dir, not in a fresh temporary directory
+    (as editable installs would have it): ninja then rebuilds only what changed."""
+
+    class PersistentBuildExtension(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, use_ninja=True, **kwargs)
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = build_dir
+
+    return PersistentBuildExtension
 
 
 ext_modules, cmdclass = _extensions()

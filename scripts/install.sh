@@ -2,12 +2,26 @@
 # Install everything into ./.venv: torch, the test/benchmark/experiment dependencies, and
 # soap_cuda itself with its native extension (CUDA kernels too where a toolkit is found).
 # Set SOAP_CUDA_FORCE_CUDA=1 to fail unless the CUDA kernels build; see setup.py for the others.
+# Each step is skipped while what it installed is up to date (scripts/build_stamp.py: the
+# sources, build files, torch, Python and build switches); otherwise the native build is
+# incremental (ninja, object files kept in build/native/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-# --no-build-isolation: the extension must compile against the torch installed above.
-MAX_JOBS=${MAX_JOBS:-2} .venv/bin/python -m pip install -q --disable-pip-version-check \
-  --no-build-isolation --no-deps -e .
-.venv/bin/python -c "import soap_cuda; print('soap_cuda backend:', soap_cuda.backend())"
+py=.venv/bin/python
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if "$py" scripts/build_stamp.py check requirements; then
+  echo "soap_cuda: requirements up to date"
+else
+  "${pip[@]}" -r requirements-dev.txt
+  "$py" scripts/build_stamp.py write requirements
+fi
+if "$py" scripts/build_stamp.py check native; then
+  echo "soap_cuda: native build up to date"
+else
+  # --no-build-isolation: the extension must compile against the torch installed above.
+  MAX_JOBS=${MAX_JOBS:-$(nproc)} "${pip[@]}" --no-build-isolation --no-deps -e .
+  "$py" scripts/build_stamp.py write native
+fi
+"$py" -c "import soap_cuda; print('soap_cuda backend:', soap_cuda.backend())"
