@@ -1,6 +1,12 @@
+// fa_linear's argument checks and device-generic bodies (ATen GEMMs: MKL/OpenBLAS on CPU, cuBLAS
+// on CUDA), registered here as the CPU kernels; fa_linear_cuda.cpp registers them for CUDA.
 #include "fa_linear.h"
 
-#include <ATen/ATen.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <vector>
 
 #include "../common/checks.h"
 
@@ -89,6 +95,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fa_linear_backward(
     grad_bias = g.sum(0);
   }
   return std::make_tuple(grad_input, grad_weight, grad_bias);
+}
+
+TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
+  m.impl("fa_linear", &fa_linear_forward);
+  m.impl("fa_linear_backward", &fa_linear_backward);
 }
 
 }  // namespace soap_cuda

@@ -6,7 +6,7 @@
 // dispatcher, so torch.compile, fake tensors and per-device kernels all see the ops themselves.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "fa_linear.h"

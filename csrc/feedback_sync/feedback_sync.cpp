@@ -1,7 +1,9 @@
+// Argument checks of feedback_sync_, shared by the CPU and CUDA kernels.
 #include "feedback_sync.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/List.h>
 
 #include <string>
 

@@ -1,6 +1,6 @@
 // Batched perturbation ops: Philox noise, the fused noisy bias + activation of a K-tiled batch,
 // and the node-perturbation estimates that regenerate the noise instead of storing it.
-// The CPU (perturb_*_cpu.cpp) and CUDA (perturb_cuda.cu) kernels share the argument checks
+// The CPU (perturb_*_cpu.cpp) and CUDA (perturb_kernels.cu) kernels share the argument checks
 // declared here and the element math of perturb_math.h.
 #pragma once
 

@@ -1,6 +1,7 @@
 // Argument checks of the perturbation ops (messages mirrored in soap_cuda/reference/perturb.py),
 // and node_perturb_grad's device-generic body.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 

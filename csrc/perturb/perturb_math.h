@@ -69,4 +69,13 @@ SOAP_HD double slot_coefficient(const double* losses, int64_t batch, int64_t slo
   return losses[(slot + 1) * batch + b] - losses[b];
 }
 
+// The estimate sums its slots in chunks of kEstimateChunk (each chunk's partial from 0.0, in slot
+// order), then the chunks' partials in chunk order (from the first partial). CPU and CUDA use this
+// one order, so the GPU can compute the chunks in parallel and still give the CPU's bits.
+constexpr int64_t kEstimateChunk = 8;
+
+SOAP_HD int64_t num_estimate_chunks(int64_t slots) {
+  return (slots + kEstimateChunk - 1) / kEstimateChunk;
+}
+
 }  // namespace soap_cuda

@@ -1,7 +1,7 @@
 // CPU kernels of perturbed_bias_act and its in-place twin: out = act(pre + bias + sigma * s * xi)
 // on the K-tiled batch, the noise regenerated per element from Philox (row block 0 is the clean
 // pass: no noise).
-#include <ATen/ATen.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

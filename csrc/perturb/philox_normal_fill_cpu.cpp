@@ -1,6 +1,6 @@
 // CPU kernel of philox_normal_fill: noise element i (row-major flat index) of stream
 // (seed, offset), exactly as the CUDA kernel and the Python reference compute it.
-#include <ATen/ATen.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

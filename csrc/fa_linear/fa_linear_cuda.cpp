@@ -1,5 +1,6 @@
-// CUDA kernels of fa_linear: the same device-generic body, run on the input's device and stream;
-// the GEMMs go to cuBLAS(Lt) through ATen, the bias add is the GEMM's beta*C term.
+// CUDA kernels of fa_linear: the device-generic bodies of fa_linear.cpp, run on the input's device;
+// the GEMMs go to cuBLAS(Lt) through ATen on the current stream (no kernel of our own: plain C++,
+// compiled in CUDA builds only).
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
