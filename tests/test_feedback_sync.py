@@ -5,7 +5,8 @@ import torch
 from soap_cuda.reference.feedback_sync import feedback_sync_ as ref_sync
 from soap_cuda.reference.feedback_sync import sync_value
 
-from conftest import requires_cuda
+import soap_cuda
+from conftest import devices, requires_cuda
 
 op = torch.ops.soap_cuda.feedback_sync_.default
 
@@ -93,6 +94,12 @@ def _bad(case):
         return w, b, m, s[:1]
     if case == "alias":
         return w, [w[0], b[1]], m, s
+    if case == "b_over_other_w":  # B of layer 1 inside layer 0's W
+        big = torch.randn(4, 5)
+        return [big, w[1]], [b[0], big.view(-1)[:9].view(3, 3)], m, s
+    if case == "b_over_other_b":
+        shared = torch.empty(20)
+        return w, [shared.view(4, 5), shared[:9].view(3, 3)], m, s
     if case == "int":
         return [t.int() for t in w], [t.int() for t in b], m, s
     raise AssertionError(case)
@@ -108,11 +115,60 @@ def _bad(case):
     ("scales_dtype", r"argument 'scales' must be float64"),
     ("scales_len", r"argument 'scales' must have one entry per layer \(2\)"),
     ("alias", r"argument 'b_matrices\[0\]' must not be the same memory as 'weights\[0\]'"),
+    ("b_over_other_w", r"argument 'b_matrices\[1\]' must not share memory with 'weights\[0\]'"),
+    ("b_over_other_b", r"argument 'b_matrices\[0\]' must not share memory with 'b_matrices\[1\]'"),
     ("int", r"argument 'weights\[0\]' must be a floating-point tensor"),
 ])
 def test_bad_input_is_rejected(case, pattern):
     with pytest.raises(RuntimeError, match=pattern):
         op(*_bad(case))
+
+
+def test_layers_may_share_a_weight():
+    w = torch.randn(4, 5)
+    b = [torch.empty(4, 5), torch.empty(4, 5)]
+    op([w, w], b, [None, None], torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert torch.equal(b[1], 2 * b[0])
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.element_size() == 4 else
+                  torch.int64 if t.element_size() == 8 else torch.int16)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_signed_zero_magnitudes_give_the_reference_bits(device, dtype):
+    # |-0.0| is +0.0: sign(w) * |m| is +0.0 for w > 0 and -0.0 for w < 0, whatever m's zero sign
+    w = torch.tensor([1.0, -1.0, 2.0, -2.0, 0.0, 0.5] * 3, dtype=dtype, device=device)
+    m = torch.tensor([-0.0, -0.0, 0.0, 0.0, -0.0, -3.0] * 3, dtype=dtype, device=device)
+    b = torch.full_like(w, 7.0)
+    scales = torch.tensor([1.5], dtype=torch.float64, device=device)
+    op([w], [b], [m], scales)
+    want = sync_value(w, m, scales[0])
+    assert torch.equal(_bits(b.cpu()), _bits(want.cpu()))
+    assert _bits(b)[0].item() == 0  # +0.0 exactly
+
+
+@pytest.mark.parametrize("device", devices())
+def test_sync_between_forward_and_backward_is_caught_by_autograd(device):
+    # the sync writes B in place; a backward that saved the old B must refuse, as autograd does
+    # for any in-place change of a saved tensor, on every backend alike
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(soap_cuda.FALinear(6, 5, feedback="sign"), torch.nn.ReLU(),
+                                soap_cuda.FALinear(5, 3, feedback="sign")).to(device)
+    loss = model(torch.randn(4, 6, device=device)).square().sum()
+    soap_cuda.sync_feedback(model)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("device", devices())
+def test_sync_bumps_each_b_version(device):
+    weights, b, mags, scales = make_layers(torch.float32, device)
+    before = [t._version for t in b]
+    op(weights, b, mags, scales)
+    assert [t._version for t in b] == [v + 1 for v in before]
 
 
 @requires_cuda
@@ -153,3 +209,53 @@ def test_cuda_grid_stride_loops_match_cpu():
     for got, want in zip(b_cuda, b_cpu):
         assert torch.equal(got.cpu(), want)
     assert base[0] == 0
+
+
+# --- the CUDA launch's block partition (plain C++, checked here without a GPU) ---
+
+def _partition(numels, elems_per_block=1024, budget=1056):
+    native = pytest.importorskip("soap_cuda._C", reason="the partition is native code; "
+                                 "the Python fallback has no CUDA launch to partition")
+    return native._sync_block_partition(numels, elems_per_block, budget)
+
+
+def _blocks(first):
+    return [b - a for a, b in zip(first, first[1:])]
+
+
+@pytest.mark.skipif(soap_cuda.backend() == "python", reason="no native library loaded")
+@pytest.mark.parametrize("numels", [
+    [16_777_216] + [100] * 50,                       # one big layer among many small ones
+    [1_000_000, 10, 0, 3_000_000, 1, 250_000],       # uneven, with an empty layer
+    [1024] * 7,                                      # small: every layer's work fits its blocks
+    [0, 0],
+    [2**40, 3],                                      # budget * numel past 2^63
+])
+def test_sync_blocks_follow_layer_size(numels):
+    per_block, budget = 1024, 1056
+    first = _partition(numels, per_block, budget)
+    blocks = _blocks(first)
+    assert first[0] == 0 and len(first) == len(numels) + 1 and all(b >= 0 for b in blocks)
+    total = sum(numels)
+    for n, k in zip(numels, blocks):
+        needed = -(-n // per_block)
+        assert k <= needed                            # never more blocks than work
+        assert (k >= 1) == (n > 0)                    # every non-empty layer gets one
+        if 0 < needed:                                # else its share of the budget, rounded up
+            assert k == min(needed, max(1, -(-budget * n // total)))
+    assert first[-1] <= budget + len(numels)
+
+
+@pytest.mark.skipif(soap_cuda.backend() == "python", reason="no native library loaded")
+def test_largest_layer_gets_most_of_the_gpu():
+    # before: the blocks were split evenly, so the 16.8M-element layer got 1/51 of them
+    first = _partition([16_777_216] + [100] * 50, 1024, 1056)
+    assert _blocks(first)[0] >= 0.95 * 1056
+
+
+@pytest.mark.skipif(soap_cuda.backend() == "python", reason="no native library loaded")
+def test_partition_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        _partition([-1])
+    with pytest.raises(ValueError):
+        _partition([5], 0, 10)

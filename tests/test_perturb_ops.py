@@ -79,6 +79,19 @@ def test_in_place_twin_writes_the_same_bits_over_pre(dtype, activation, num_pert
         assert buf.data_ptr() == storage and torch.equal(buf, want)
 
 
+def test_in_place_twin_marks_pre_written():
+    # a backward that saved pre before the in-place write must refuse, on every backend alike
+    pre = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    saved = pre * 1.0
+    out = saved.exp()  # exp saves its output: `saved` is not it, but `out` is
+    version = out._version
+    with torch.no_grad():
+        bias_act_(out, None, 0.1, 1, 2, 2, False, "tanh")
+    assert out._version == version + 1
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_in_place_twin_rejects_what_it_cannot_write_safely():
     with pytest.raises(RuntimeError, match=r"perturbed_bias_act_: argument 'pre' must be "
                                            r"contiguous"):

@@ -38,4 +38,9 @@ inline void check_contiguous(const char* op, const char* arg, const at::Tensor& 
               "' must be contiguous (call .contiguous() first)");
 }
 
+// After a kernel wrote t in place: bump its version counter, as ADInplaceOrView does for ATen's
+// in-place ops, so that a backward which saved t earlier raises autograd's "modified by an
+// inplace operation" error instead of silently using the new values.
+inline void mark_written(const at::Tensor& t) { t.unsafeGetTensorImpl()->bump_version(); }
+
 }  // namespace soap_cuda

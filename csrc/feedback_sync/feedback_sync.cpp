@@ -5,7 +5,10 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/List.h>
 
+#include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "../common/checks.h"
 
@@ -21,6 +24,37 @@ void check_like(const char* op, const std::string& arg, const at::Tensor& t,
   check_same_dtype(op, arg.c_str(), t, ref_arg.c_str(), ref);
   check_same_device(op, arg.c_str(), t, ref_arg.c_str(), ref);
   check_contiguous(op, arg.c_str(), t);
+}
+
+// [start, end) of a contiguous tensor's bytes (empty for no elements).
+std::pair<uintptr_t, uintptr_t> byte_range(const at::Tensor& t) {
+  const auto start = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  return {start, t.numel() == 0 ? start : start + t.numel() * t.element_size()};
+}
+
+bool ranges_overlap(std::pair<uintptr_t, uintptr_t> a, std::pair<uintptr_t, uintptr_t> b) {
+  return a.first < a.second && b.first < b.second && a.first < b.second && b.first < a.second;
+}
+
+// A B written while another layer's W or B is read or written would make the result depend on
+// the order of the writes (and race on CUDA). Layers may share a W: that is only read.
+void check_no_cross_layer_overlap(at::TensorList weights, at::TensorList b_matrices) {
+  const size_t n = weights.size();
+  std::vector<std::pair<uintptr_t, uintptr_t>> w_range(n), b_range(n);
+  for (size_t i = 0; i < n; ++i) {
+    w_range[i] = byte_range(weights[i]);
+    b_range[i] = byte_range(b_matrices[i]);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i) continue;
+      TORCH_CHECK(!ranges_overlap(b_range[i], w_range[j]), "soap_cuda::feedback_sync_: argument "
+                  "'b_matrices[", i, "]' must not share memory with 'weights[", j, "]'");
+      TORCH_CHECK(j < i || !ranges_overlap(b_range[i], b_range[j]), "soap_cuda::feedback_sync_: "
+                  "argument 'b_matrices[", i, "]' must not share memory with 'b_matrices[", j,
+                  "]'");
+    }
+  }
 }
 
 }  // namespace
@@ -59,6 +93,11 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
       check_like(op, mi, *m, wi, w, /*same_shape=*/true);
     }
   }
+  check_no_cross_layer_overlap(weights, b_matrices);
+}
+
+void bump_versions(at::TensorList b_matrices) {
+  for (const at::Tensor& b : b_matrices) mark_written(b);
 }
 
 }  // namespace soap_cuda

@@ -14,6 +14,9 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
                               const c10::List<c10::optional<at::Tensor>>& magnitudes,
                               const at::Tensor& scales);
 
+// Marks every B as written (its version counter), after a kernel wrote them.
+void bump_versions(at::TensorList b_matrices);
+
 void feedback_sync_cpu(at::TensorList weights, at::TensorList b_matrices,
                        const c10::List<c10::optional<at::Tensor>>& magnitudes,
                        const at::Tensor& scales);

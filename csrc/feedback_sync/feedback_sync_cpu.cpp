@@ -40,6 +40,7 @@ void feedback_sync_cpu(at::TensorList weights, at::TensorList b_matrices,
       });
     }
   });
+  bump_versions(b_matrices);
 }
 
 TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {

@@ -45,7 +45,7 @@ void feedback_sync_cuda(at::TensorList weights, at::TensorList b_matrices,
   const std::vector<int64_t> first =
       partition_sync_blocks(numels, sync_vector_width(dtype) * kSyncThreads, budget);
   const int64_t total_blocks = first[n];
-  if (total_blocks == 0) return;  // every layer empty
+  if (total_blocks == 0) return bump_versions(b_matrices);  // every layer empty
   TORCH_CHECK(total_blocks <= int64_t{0x7fffffff}, "soap_cuda::feedback_sync_: too many "
               "blocks (", total_blocks, ")");
 
@@ -64,6 +64,7 @@ void feedback_sync_cuda(at::TensorList weights, at::TensorList b_matrices,
   C10_CUDA_CHECK(launch_feedback_sync(
       reinterpret_cast<const SyncLayer*>(table_dev.const_data_ptr<uint8_t>()), n, total_blocks,
       scales.const_data_ptr<double>(), dtype, c10::cuda::getCurrentCUDAStream()));
+  bump_versions(b_matrices);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "perturb.h"
 #include "perturb_kernels.h"
 
@@ -63,6 +64,7 @@ void perturbed_bias_act_cuda_(const at::Tensor& pre, const c10::optional<at::Ten
   const c10::cuda::CUDAGuard guard(pre.device());
   at::Tensor out = pre;
   bias_act_into(pre, bias, out, sigma, seed, offset, num_perturb, antithetic, checked);
+  mark_written(pre);
 }
 
 at::Tensor perturb_estimate_cuda(const at::Tensor& losses, int64_t width, double sigma,

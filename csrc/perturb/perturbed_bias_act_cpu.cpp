@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/checks.h"
 #include "perturb.h"
 
 namespace soap_cuda {
@@ -85,6 +86,7 @@ void perturbed_bias_act_cpu_(const at::Tensor& pre, const c10::optional<at::Tens
   at::Tensor out = pre;
   bias_act_into(pre, bias, out, sigma, seed, offset, std::get<1>(checked), antithetic,
                 std::get<0>(checked));
+  mark_written(pre);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .memory import overlaps
+from .memory import byte_range, overlaps, ranges_overlap
 
 OP = "soap_cuda::feedback_sync_"
 
@@ -57,6 +57,23 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
             _fail(bi, f"must not be the same memory as '{wi}'")
         if m is not None:
             _check_like(mi, m, wi, w)
+    if check_memory:
+        _check_no_cross_layer_overlap(weights, b_matrices)
+
+
+def _check_no_cross_layer_overlap(weights, b_matrices) -> None:
+    """No B may share memory with another layer's W or B (the result would depend on the order
+    of the writes); layers may share a W, which is only read."""
+    w_ranges = [byte_range(w) for w in weights]
+    b_ranges = [byte_range(b) for b in b_matrices]
+    for i, b_range in enumerate(b_ranges):
+        for j in range(len(weights)):
+            if j == i:
+                continue
+            if ranges_overlap(b_range, w_ranges[j]):
+                _fail(f"b_matrices[{i}]", f"must not share memory with 'weights[{j}]'")
+            if j > i and ranges_overlap(b_range, b_ranges[j]):
+                _fail(f"b_matrices[{i}]", f"must not share memory with 'b_matrices[{j}]'")
 
 
 def sync_value(w: Tensor, m: Tensor | None, scale: Tensor) -> Tensor:

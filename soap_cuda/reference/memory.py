@@ -5,9 +5,16 @@ from __future__ import annotations
 from torch import Tensor
 
 
+def byte_range(t: Tensor) -> tuple[int, int]:
+    """[start, end) of a contiguous tensor's bytes (empty for no elements)."""
+    start = t.data_ptr()
+    return start, start + t.numel() * t.element_size()
+
+
+def ranges_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < a[1] and b[0] < b[1] and a[0] < b[1] and b[0] < a[1]
+
+
 def overlaps(a: Tensor, b: Tensor) -> bool:
     """Whether the address ranges spanned by two contiguous tensors intersect."""
-    if a.numel() == 0 or b.numel() == 0:
-        return False
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+    return ranges_overlap(byte_range(a), byte_range(b))
