@@ -1,7 +1,9 @@
 """Shared test set-up: report which backend runs, and give CUDA tests a clear skip reason."""
 import os
 import random
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +17,35 @@ CUDA_SKIP_REASON = (
     f"(soap_cuda backend: {soap_cuda.backend()})")
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON)
 
+# The repository around tests/, when the suite runs from a checkout; a suite copied beside an
+# installed wheel (scripts/test_wheel.sh) has none, and skips what needs it.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAS_SOURCE_TREE = (REPO_ROOT / "setup.py").is_file() and (REPO_ROOT / "benchmarks").is_dir()
+SOURCE_TREE_SKIP_REASON = "needs the source tree (README, benchmarks/, scripts/); this suite runs "\
+                          "against an installed wheel"
+requires_source_tree = pytest.mark.skipif(not HAS_SOURCE_TREE, reason=SOURCE_TREE_SKIP_REASON)
+if HAS_SOURCE_TREE and str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # benchmarks/ is a package at the root, not installed
+
 # Inputs are fresh each run; SOAP_CUDA_TEST_SEED=<n> replays a run (the header prints n).
 RUN_SEED = int(os.environ.get("SOAP_CUDA_TEST_SEED", random.randrange(2**31)))
+
+
+def pytest_configure(config):
+    # registered here, not in pyproject.toml, so that a suite run without the checkout knows them
+    for marker in ("cuda: needs a CUDA device (any test whose name or parameters say cuda)",
+                   "slow: takes more than a few seconds",
+                   "allocator_stats: reads torch's allocator statistics (which read 0 without the "
+                   "caching allocator, as under compute-sanitizer)"):
+        config.addinivalue_line("markers", marker)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `cuda` every test whose name or parameters say cuda (benchmarks/gpu.sh selects
+    them with -m cuda: -k would also match a checkout folder named after the project)."""
+    for item in items:
+        if "cuda" in item.name:
+            item.add_marker(pytest.mark.cuda)
 
 
 def pytest_report_header(config):

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root, not installed
-    sys.path.insert(0, str(ROOT))
+from conftest import HAS_SOURCE_TREE, SOURCE_TREE_SKIP_REASON, devices
 
-from benchmarks import layers, markdown, overhead, report  # noqa: E402
+if not HAS_SOURCE_TREE:
+    pytest.skip(SOURCE_TREE_SKIP_REASON, allow_module_level=True)
 
-from conftest import devices  # noqa: E402
+from benchmarks import layers, markdown, overhead, report  # noqa: E402  (conftest: on sys.path)
 
 
+@pytest.mark.allocator_stats  # the perturbation rows' peak memory
 @pytest.mark.parametrize("device", devices())
 def test_report_runs_on_tiny_shapes(device, tmp_path):
     args = report.parse_args(["--device", device, "--tiny", "--out", str(tmp_path)])

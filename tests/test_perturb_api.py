@@ -1,8 +1,5 @@
 """soap_cuda.perturb: the batched passes and gradient estimates against K+1 separate forward
 passes (reference/perturb_model.py) fed the same materialised noise."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -13,12 +10,8 @@ from soap_cuda.perturb import (layer_offset, losses_at_weight_sets, node_perturb
                                perturbed_forward, philox_normal)
 from soap_cuda.reference import perturb_model as ref
 
-from conftest import requires_cuda
+from conftest import requires_cuda, requires_source_tree
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a package at the repository root, not installed
-    sys.path.insert(0, str(ROOT))
-from benchmarks.perturbation import peak_extra_bytes  # noqa: E402  (the benchmarks' probe)
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
@@ -184,6 +177,8 @@ def test_cuda_matches_cpu():
 @pytest.mark.skipif(soap_cuda.backend() == "python",
                     reason="a property of the native kernels: the Python fallback materialises "
                            "the noise (it is the reference)")
+@requires_source_tree  # the benchmarks' peak-memory probe
+@pytest.mark.allocator_stats  # reads torch's allocator statistics: not under compute-sanitizer
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_batched_pass_holds_the_tiled_batch_once_and_no_noise(device):
     torch.manual_seed(0)
@@ -194,6 +189,8 @@ def test_batched_pass_holds_the_tiled_batch_once_and_no_noise(device):
     tiled = (k + 1) * batch * hidden * 4          # the hidden layer's K-tiled output
     noise = k * batch * (hidden + 4) * 4          # what stored noise would take
     run = lambda: perturbed_forward(model, x, y, mse, k, 0.1, seed=3).losses  # noqa: E731
+    from benchmarks.perturbation import peak_extra_bytes
+
     run()  # one-time allocations (e.g. the cuBLAS workspace) belong to no single pass
     peak = peak_extra_bytes(run, device)
     # one tiled hidden buffer (bias, noise and activation written over the GEMM's output),
