@@ -1,9 +1,11 @@
-// Argument checks of feedback_sync_, shared by the CPU and CUDA kernels.
+// Argument checks of feedback_sync_, shared by the CPU and CUDA kernels, and the CPU kernel's
+// registration (here, beside the dispatcher headers the checks already parse).
 #include "feedback_sync.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/List.h>
+#include <torch/library.h>
 
 #include <cstdint>
 #include <string>
@@ -98,6 +100,10 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
 
 void bump_versions(at::TensorList b_matrices) {
   for (const at::Tensor& b : b_matrices) mark_written(b);
+}
+
+TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
+  m.impl("feedback_sync_", &feedback_sync_cpu);
 }
 
 }  // namespace soap_cuda

@@ -4,7 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
-#include <torch/library.h>
+#include <ATen/core/List.h>
 
 #include "feedback_sync.h"
 #include "sync_element.h"
@@ -41,10 +41,6 @@ void feedback_sync_cpu(at::TensorList weights, at::TensorList b_matrices,
     }
   });
   bump_versions(b_matrices);
-}
-
-TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
-  m.impl("feedback_sync_", &feedback_sync_cpu);
 }
 
 }  // namespace soap_cuda

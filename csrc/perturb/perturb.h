@@ -49,4 +49,16 @@ std::tuple<at::Tensor, at::Tensor> node_perturb_grad(const at::Tensor& losses,
                                                      int64_t seed, int64_t offset,
                                                      bool antithetic, double scale);
 
+// CPU kernels (perturb_*_cpu.cpp, philox_normal_fill_cpu.cpp), registered in perturb.cpp so
+// that one translation unit, not four, parses the registration headers.
+void philox_normal_fill_cpu(const at::Tensor& noise, int64_t seed, int64_t offset);
+at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
+                                  double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
+                                  bool antithetic, c10::string_view activation);
+void perturbed_bias_act_cpu_(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
+                             double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
+                             bool antithetic, c10::string_view activation);
+at::Tensor perturb_estimate_cpu(const at::Tensor& losses, int64_t width, double sigma,
+                                int64_t seed, int64_t offset, bool antithetic, double scale);
+
 }  // namespace soap_cuda

@@ -3,7 +3,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -11,7 +10,6 @@
 #include "perturb.h"
 
 namespace soap_cuda {
-namespace {
 
 at::Tensor perturb_estimate_cpu(const at::Tensor& losses, int64_t width, double sigma,
                                 int64_t seed, int64_t offset, bool antithetic, double scale) {
@@ -57,11 +55,5 @@ at::Tensor perturb_estimate_cpu(const at::Tensor& losses, int64_t width, double 
   return out;
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
-  m.impl("perturb_estimate", &perturb_estimate_cpu);
-  m.impl("node_perturb_grad", &node_perturb_grad);
-}
 
 }  // namespace soap_cuda

@@ -4,7 +4,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -65,6 +64,8 @@ void bias_act_into(const at::Tensor& x, const c10::optional<at::Tensor>& bias, a
   });
 }
 
+}  // namespace
+
 at::Tensor perturbed_bias_act_cpu(const at::Tensor& pre, const c10::optional<at::Tensor>& bias,
                                   double sigma, int64_t seed, int64_t offset, int64_t num_perturb,
                                   bool antithetic, c10::string_view activation) {
@@ -89,11 +90,5 @@ void perturbed_bias_act_cpu_(const at::Tensor& pre, const c10::optional<at::Tens
   mark_written(pre);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
-  m.impl("perturbed_bias_act", &perturbed_bias_act_cpu);
-  m.impl("perturbed_bias_act_", &perturbed_bias_act_cpu_);
-}
 
 }  // namespace soap_cuda

@@ -3,7 +3,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -11,7 +10,6 @@
 #include "perturb.h"
 
 namespace soap_cuda {
-namespace {
 
 void philox_normal_fill_cpu(const at::Tensor& noise, int64_t seed, int64_t offset) {
   check_philox_normal_fill_args(noise);
@@ -38,8 +36,5 @@ void philox_normal_fill_cpu(const at::Tensor& noise, int64_t seed, int64_t offse
   if (!out.is_same(noise)) noise.copy_(out);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) { m.impl("philox_normal_fill", &philox_normal_fill_cpu); }
 
 }  // namespace soap_cuda

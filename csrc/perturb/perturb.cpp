@@ -1,9 +1,10 @@
 // Argument checks of the perturbation ops (messages mirrored in soap_cuda/reference/perturb.py),
-// and node_perturb_grad's device-generic body.
+// node_perturb_grad's device-generic body, and the registration of the CPU kernels.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/mm.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 
 #include <cmath>
 
@@ -110,6 +111,14 @@ std::tuple<at::Tensor, at::Tensor> node_perturb_grad(const at::Tensor& losses,
       estimate_op.call(losses.to(at::kDouble), out_features, sigma, seed, offset, antithetic, scale)
           .to(input.scalar_type());
   return std::make_tuple(at::mm(grad_pre.t(), input), grad_pre.sum(0));
+}
+
+TORCH_LIBRARY_IMPL(soap_cuda, CPU, m) {
+  m.impl("philox_normal_fill", &philox_normal_fill_cpu);
+  m.impl("perturbed_bias_act", &perturbed_bias_act_cpu);
+  m.impl("perturbed_bias_act_", &perturbed_bias_act_cpu_);
+  m.impl("perturb_estimate", &perturb_estimate_cpu);
+  m.impl("node_perturb_grad", &node_perturb_grad);
 }
 
 }  // namespace soap_cuda
