@@ -1,3 +1,4 @@
+// soap_cuda-build: own translation unit (the heaviest file: it compiles in parallel with the rest)
 // fa_linear's autograd formula in C++, registered for every backend's Autograd key.
 //
 // The same formula is registered from Python (torch.library.register_autograd) when the native

@@ -1,3 +1,4 @@
+// soap_cuda-build: own translation unit (its optimisation pragmas and target clones must reach no other code)
 // Host code: a block of consecutive noise elements, computed pair by pair in a loop the compiler
 // vectorises. The values are those of philox::normal (common/philox.h), operation for
 // operation: the same Philox rounds, the same +, -, *, /, sqrt in the same order, without FMA
