@@ -4,10 +4,12 @@ from . import metrics
 from ._library import backend, fallback_reason
 from .convert import convert
 from .feedback import FEEDBACK_RULES, backprop_mode, schedule_paused, sync_feedback
-from .functional import fa_linear
+from .conv import FAConv1d, FAConv2d, FAConv3d
+from .functional import fa_conv, fa_linear
 from .modules import FALinear
 
 __version__ = "0.1.0"
 
-__all__ = ["FALinear", "FEEDBACK_RULES", "backend", "backprop_mode", "convert", "fa_linear",
+__all__ = ["FAConv1d", "FAConv2d", "FAConv3d", "FALinear", "FEEDBACK_RULES", "backend",
+           "backprop_mode", "convert", "fa_conv", "fa_linear",
            "fallback_reason", "metrics", "schedule_paused", "sync_feedback", "__version__"]

@@ -10,7 +10,8 @@ Rules (the `feedback=` option of FALinear):
 sign(0) = 0 (as torch.sign), and a NaN weight gives a NaN feedback entry (it is not hidden).
 
 `sync_every=T` counts training examples; see FALinear. `sync_feedback(model)` syncs every
-sync-rule layer of a model now, with one native call per (device, dtype) group.
+sync-rule layer of a model now (FALinear and FAConv layers together), with one native call per
+(device, dtype) group.
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def check_rule(feedback: str, sync_every) -> None:
 
 
 def xavier_std(layer) -> float:
-    return math.sqrt(2.0 / (layer.in_features + layer.out_features))
+    """xavier-normal's std for the layer's weight: sqrt(2 / (fan_in + fan_out)), where a conv
+    layer's fans count its receptive field (in * kernel, out * kernel)."""
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    return math.sqrt(2.0 / (fan_in + fan_out))
 
 
 def _random_magnitude(layer) -> torch.Tensor:
@@ -67,7 +71,7 @@ def sync_arguments(layer):
 
 
 def sync_layers(layers) -> int:
-    """Sync the given FALinear layers now: one native feedback_sync_ call per device/dtype."""
+    """Sync the given FA layers now: one native feedback_sync_ call per device/dtype."""
     groups = defaultdict(list)
     for layer in layers:
         if layer.feedback in SYNC_RULES:
@@ -77,16 +81,23 @@ def sync_layers(layers) -> int:
             args = [sync_arguments(layer) for layer in group]
             weights, b_matrices, magnitudes, scales = (list(col) for col in zip(*args))
             weights = [w.contiguous() for w in weights]
-            torch.ops.soap_cuda.feedback_sync_(weights, b_matrices, magnitudes,
+            magnitudes = [m.contiguous() if m is not None else None for m in magnitudes]
+            # a channels_last conv layer's B is not contiguous: sync into a copy, write it back
+            targets = [b if b.is_contiguous() else b.contiguous() for b in b_matrices]
+            torch.ops.soap_cuda.feedback_sync_(weights, targets, magnitudes,
                                                torch.stack(scales))
+            for b, target in zip(b_matrices, targets):
+                if target is not b:
+                    b.copy_(target)
             for layer in group:
                 layer.sync_count += 1
     return sum(len(g) for g in groups.values())
 
 
 def feedback_layers(model: nn.Module):
-    from .modules import FALinear
-    return [m for m in model.modules() if isinstance(m, FALinear)]
+    """Every feedback-alignment layer of the model (FALinear, FAConv1d/2d/3d), in order."""
+    from .feedback_layer import FeedbackLayerMixin
+    return [m for m in model.modules() if isinstance(m, FeedbackLayerMixin)]
 
 
 def sync_feedback(model: nn.Module) -> int:

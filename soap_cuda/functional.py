@@ -49,3 +49,21 @@ def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tens
     if _transforms_active():
         return func_transforms.fa_linear(input, weight, bias, b_matrix)
     return _fa_linear_op(input, weight, bias, b_matrix)
+
+
+_fa_conv_op = torch.ops.soap_cuda.fa_conv.default
+
+
+def fa_conv(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor,
+            stride, padding, dilation, groups: int = 1) -> Tensor:
+    """`F.conv{1,2,3}d(input, weight, bias, stride, padding, dilation, groups)` forward (zero
+    padding, explicit ints per spatial dim); backward sends the error through `b_matrix`
+    (grad_input is the transposed convolution of grad_output with B). An unbatched input
+    (channels, *spatial) is taken as a batch of one, as nn.Conv does. Under autocast the
+    operands are cast as nn.Conv's are (float64 ones left alone)."""
+    if _any_autocast():
+        input, weight, bias, b_matrix = _cast_for_autocast(input, weight, bias, b_matrix)
+    if input.dim() == weight.dim() - 1:
+        return _fa_conv_op(input.unsqueeze(0), weight, bias, b_matrix, stride, padding,
+                           dilation, groups).squeeze(0)
+    return _fa_conv_op(input, weight, bias, b_matrix, stride, padding, dilation, groups)

@@ -4,4 +4,5 @@ Importing this package makes `torch.ops.soap_cuda.*` complete, whichever backend
 """
 from . import fa_linear  # noqa: F401
 from . import perturb  # noqa: F401
+from . import fa_conv  # noqa: F401
 from . import feedback_sync  # noqa: F401

@@ -1,0 +1,123 @@
+"""What every feedback-alignment layer shares (FALinear, FAConv1d/2d/3d): the feedback buffers
+(b_matrix of the weight's shape, and B0 where the rule needs it), the example counter and sync
+schedule, exact resume through the state_dict, and the rule override of backprop_mode()."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import init
+
+from . import feedback as fb
+
+_EXTRA_KEYS = ("b_init", "b_init_norm", "_extra_state")
+
+
+def world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class FeedbackLayerMixin:
+    """Mixed into an nn.Module that has `weight` (and optionally `bias`) parameters."""
+
+    def _configure_feedback(self, feedback: str, sync_every, sync_at_start: bool) -> None:
+        fb.check_rule(feedback, sync_every)
+        self.feedback = feedback
+        self.sync_every = sync_every
+        self.sync_at_start = sync_at_start
+        self.examples_seen = 0
+        self.sync_count = 0
+        self.schedule_paused = False
+        self.feedback_override = None  # "bp" inside soap_cuda.feedback.backprop_mode()
+
+    def _register_feedback_buffers(self, shape, factory) -> None:
+        self.register_buffer("b_matrix", torch.empty(shape, **factory))
+        if self.feedback == "rescaled_sign":
+            self.register_buffer("b_init", torch.empty(shape, **factory))
+        if self.feedback == "scaled_sign":
+            self.register_buffer("b_init_norm",
+                                 torch.zeros((), dtype=torch.float64, device=factory["device"]))
+
+    def _set_feedback_seed(self, feedback_seed) -> None:
+        if feedback_seed is None and self.feedback == "random_sign":
+            feedback_seed = int(torch.randint(0, 2**62, ()).item())
+        self.feedback_seed = feedback_seed if feedback_seed is not None else 0
+
+    def _reset_feedback(self) -> None:
+        """A fresh xavier-normal B (and B0), and a fresh schedule."""
+        init.xavier_normal_(self.b_matrix)
+        self._record_initial_feedback()
+        self.examples_seen = 0
+        self.sync_count = 0
+
+    def _record_initial_feedback(self) -> None:
+        with torch.no_grad():
+            if hasattr(self, "b_init"):
+                self.b_init.copy_(self.b_matrix)
+            if hasattr(self, "b_init_norm"):
+                self.b_init_norm.copy_(self.b_matrix.double().norm())
+
+    def _draw_feedback(self, generator: torch.Generator) -> None:
+        """B from `generator` (xavier-normal), for reproducible conversions."""
+        w = self.weight
+        std = fb.xavier_std(self)
+        b = torch.randn(w.shape, generator=generator, device=generator.device, dtype=w.dtype)
+        with torch.no_grad():
+            self.b_matrix.copy_(b * std)
+        self._record_initial_feedback()
+
+    @property
+    def feedback_matrix(self) -> Tensor:
+        """The matrix the error goes through: W under "bp", else b_matrix."""
+        rule = self.feedback_override or self.feedback
+        return self.weight.detach() if rule == "bp" else self.b_matrix
+
+    def _schedule_runs(self) -> bool:
+        return self.training and (self.sync_every is not None or self.sync_at_start) \
+            and not self.schedule_paused and torch.is_grad_enabled()
+
+    @torch.compiler.disable
+    def _advance_schedule(self, batch: int) -> None:
+        before = self.examples_seen
+        self.examples_seen = before + batch * world_size()
+        first = self.sync_at_start and before == 0 and self.sync_count == 0
+        crossed = self.sync_every is not None and \
+            self.examples_seen // self.sync_every > before // self.sync_every
+        if first or crossed:
+            self.sync_now()
+
+    def sync_now(self) -> None:
+        """Apply the feedback rule now (B from the current W)."""
+        fb.sync_layers([self])
+
+    def _feedback_repr(self) -> str:
+        text = f", feedback={self.feedback!r}" if self.feedback != "fa" else ""
+        if self.sync_every is not None:
+            text += f", sync_every={self.sync_every}"
+        return text
+
+    # -- state ---------------------------------------------------------------------------------
+    def get_extra_state(self):
+        return {"examples_seen": self.examples_seen, "sync_count": self.sync_count,
+                "feedback_seed": self.feedback_seed}
+
+    def set_extra_state(self, state) -> None:
+        self.examples_seen = int(state["examples_seen"])
+        self.sync_count = int(state["sync_count"])
+        self.feedback_seed = int(state["feedback_seed"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A state_dict from the seed's FALinear (or nn.Linear + b_matrix) lacks our extras:
+        # start a fresh schedule and take B0 from the loaded b_matrix.
+        own = [k for k in _EXTRA_KEYS if k == "_extra_state" or hasattr(self, k)]
+        absent = [k for k in own if prefix + k not in state_dict]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        for key in absent:
+            if prefix + key in missing_keys:
+                missing_keys.remove(prefix + key)
+        if "_extra_state" in absent:
+            self.examples_seen = self.sync_count = 0
+        if "b_init" in absent or "b_init_norm" in absent:
+            self._record_initial_feedback()
