@@ -9,6 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from soap_cuda import FAConv1d, FALinear
+
 sys.path.insert(0, os.path.dirname(__file__))
 import _training_worker as w  # noqa: E402
 
@@ -23,22 +25,33 @@ def global_batches():
             for _ in range(STEPS)]
 
 
-def make_model():
+def make_model(kind="mlp"):
+    if kind == "conv":  # the 12 features as a 1-channel sequence through FA conv layers
+        torch.manual_seed(3)
+        return nn.Sequential(FAConv1d(1, 4, 3, padding=1, feedback="sign", sync_every=40),
+                             nn.Tanh(), FAConv1d(4, 2, 3, stride=2, feedback="rescaled_sign",
+                                                 sync_every=40),
+                             nn.Flatten(), FALinear(10, 4, feedback="sign", sync_every=56),
+                             ).double()
     model = w.make_model()
     model[2].p = 0.0  # dropout masks would differ between the split and the whole batch
     return model
 
 
-def _rank_main(rank, init_file, out_dir):
+def _inputs(x, kind):
+    return x.unsqueeze(1) if kind == "conv" else x
+
+
+def _rank_main(rank, init_file, out_dir, kind):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        model = nn.parallel.DistributedDataParallel(make_model())
+        model = nn.parallel.DistributedDataParallel(make_model(kind))
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for x, y in global_batches():
             xs, ys = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xs), ys).backward()
+            nn.functional.cross_entropy(model(_inputs(xs, kind)), ys).backward()
             opt.step()
         torch.save(model.module.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -46,9 +59,10 @@ def _rank_main(rank, init_file, out_dir):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_ddp_gloo_matches_single_process(tmp_path):
-    mp.start_processes(_rank_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD,
-                       join=True, start_method="spawn")
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_ddp_gloo_matches_single_process(tmp_path, kind):
+    mp.start_processes(_rank_main, args=(str(tmp_path / "init"), str(tmp_path), kind),
+                       nprocs=WORLD, join=True, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for key in ranks[0]:
         if key.endswith("_extra_state"):
@@ -56,11 +70,11 @@ def test_ddp_gloo_matches_single_process(tmp_path):
         else:
             assert torch.equal(ranks[0][key], ranks[1][key]), key  # identical across ranks
 
-    single = make_model()
+    single = make_model(kind)
     opt = torch.optim.SGD(single.parameters(), lr=0.05, momentum=0.9)
     for x, y in global_batches():
         opt.zero_grad()
-        nn.functional.cross_entropy(single(x), y).backward()
+        nn.functional.cross_entropy(single(_inputs(x, kind)), y).backward()
         opt.step()
     want = single.state_dict()
     for key, value in ranks[0].items():

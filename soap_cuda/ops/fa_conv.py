@@ -1,7 +1,7 @@
 """fa_conv's Python registrations: default kernel, fake kernels, and the autograd formula.
 
-The formula is registered from Python on every backend: a convolution costs far more than the
-Python call around it. Backward is one call of the `fa_conv_backward` op (native: ATen's
+The autograd formula is registered here for the fallback (the native library has it in C++);
+backward is one call of the `fa_conv_backward` op (native: ATen's
 convolution_backward with B in W's place), asking only for the gradients autograd needs.
 """
 import torch
@@ -47,7 +47,11 @@ def _backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
-torch.library.register_autograd("soap_cuda::fa_conv", _backward, setup_context=_setup_context)
+# The native library registers this same formula in C++ (csrc/fa_conv/fa_conv_autograd.cpp),
+# which keeps Python off the training step; the fallback registers it here.
+if _library.backend() == "python":
+    torch.library.register_autograd("soap_cuda::fa_conv", _backward,
+                                    setup_context=_setup_context)
 
 
 # Double backward (create_graph=True through an FA conv): fa_conv_backward is linear in
