@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import grad as nn_grad
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import soap_cuda
 from soap_cuda import FAConv1d, FAConv2d, FAConv3d
@@ -81,18 +82,31 @@ def test_backward_computes_only_what_is_asked(mask):
             torch.testing.assert_close(a, e, **TIGHT)
 
 
-def test_first_layer_computes_no_input_gradient(monkeypatch):
+class _RecordBackwardMasks(TorchDispatchMode):
+    """Sees every op below autograd, the native C++ autograd's calls included."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.soap_cuda.fa_conv_backward.default:
+            self.masks.append(list(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_first_layer_computes_no_input_gradient():
     layer = FAConv2d(3, 4, 3, dtype=torch.float64)
-    masks = []
-    real = torch.ops.soap_cuda.fa_conv_backward
-
-    def spy(*args):
-        masks.append(list(args[-1]))
-        return real(*args)
-
-    monkeypatch.setattr(torch.ops.soap_cuda, "fa_conv_backward", spy)
-    layer(torch.randn(2, 3, 6, 6, dtype=torch.float64)).sum().backward()
-    assert masks == [[False, True, True]]
+    with _RecordBackwardMasks() as record:
+        layer(torch.randn(2, 3, 6, 6, dtype=torch.float64)).sum().backward()
+    assert record.masks == [[False, True, True]]
+    frozen = FAConv2d(3, 4, 3, bias=False, dtype=torch.float64).requires_grad_(False)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    with _RecordBackwardMasks() as record:
+        frozen(x).sum().backward()
+    assert record.masks == [[True, False, False]] and x.grad is not None
+    with torch.no_grad():  # evaluation: no graph at all
+        assert layer(x).grad_fn is None
 
 
 @pytest.mark.parametrize("case", CASES[:4], ids=lambda c: f"{c[0]}d-g{c[8]}")
