@@ -74,6 +74,15 @@ def sync(rows) -> str:
     return _table(head, out)
 
 
+def conv(rows) -> str:
+    head = ["model", "dtype", "torch ms", "fa ms", "sign ms", "fa / torch", "sign / torch",
+            "reps"]
+    out = [[r["model"], r["dtype"], _f(r["median_ms"]["torch"]), _f(r["median_ms"]["fa"]),
+            _f(r["median_ms"]["sign"]), f"{r['fa_over_torch']:.3f}",
+            f"{r['sign_over_torch']:.3f}", r["reps"]] for r in rows]
+    return _table(head, out)
+
+
 def perturb(rows) -> str:
     head = ["batch", "K", "batched ms", "loop ms", "loop / batched", "batched peak MiB",
             "largest tiled activation MiB", "loop peak MiB", "K noise copies MiB", "reps"]
@@ -106,6 +115,13 @@ def targets(result: dict) -> str:
                          f"arithmetic): fused / nn.Linear {r['fused_over_linear']:.3f}, "
                          f"{extra_us:+.1f} us per step (`python -m benchmarks.overhead` "
                          "breaks it down by call path).")
+    convs = result.get("conv", [])
+    if convs:
+        worst = max(convs, key=lambda r: max(r["fa_over_torch"], r["sign_over_torch"]))
+        ratio = max(worst["fa_over_torch"], worst["sign_over_torch"])
+        lines.append(f"- Conv train step (fa and sign) within 1.05x of the torch layers: "
+                     f"{'met' if ratio <= 1.05 else 'missed'} (worst {ratio:.3f} at "
+                     f"{worst['model']} {worst['dtype']}).")
     big = [r for r in result.get("sync", []) if r["parameters"] > 10e6]
     if big and gpu:
         worst = min(big, key=lambda r: r["fused_pct_of_copy"] or 0)
@@ -139,6 +155,12 @@ def report(result: dict) -> str:
                   "fused = soap_cuda.FALinear, python = the seed's FALinear, nn.Linear = "
                   "backprop. TFLOP/s counts the GEMM work every variant must do.",
                   layers(result["layers"])]
+    if result.get("conv"):
+        parts += ["## Conv models: SGD train step (medians)",
+                  "torch = nn.Conv2d/nn.Linear (backprop); fa = soap_cuda.convert(model); "
+                  "sign = convert(model, feedback='sign', sync_every=1000), its syncs inside "
+                  "the timed steps.",
+                  conv(result["conv"])]
     if result.get("sync"):
         parts += ["## Feedback sync of a whole model (medians)",
                   "Bytes moved = read W (+ read |B0| for rescaled_sign) + write B.",

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from . import layers, machine, markdown, perturbation, roofline, runners, sync
+from . import conv, layers, machine, markdown, perturbation, roofline, runners, sync
 from .timing import pin_threads
 
-SECTIONS = ("layers", "sync", "perturb")
+SECTIONS = ("layers", "conv", "sync", "perturb")
 
 
 def parse_args(argv=None):
@@ -60,6 +60,7 @@ def run(args) -> dict:
     small = args.tiny or args.quick
     if args.tiny:
         shapes, models, ks, batches = [layers.TINY], [sync.TINY], (1, 2), (4,)
+        conv_models = [conv.TINY]
         pdims = (16, 32, 4)
     else:
         shapes = layers.SHAPES[:2] if args.quick else layers.SHAPES
@@ -68,6 +69,7 @@ def run(args) -> dict:
         ks = perturbation.K_QUICK if args.quick else perturbation.K_VALUES
         batches = perturbation.BATCHES[:1] if args.quick else perturbation.BATCHES
         pdims = perturbation.DIMS
+        conv_models = list(conv.MODELS[:1] if args.quick else conv.MODELS)
     t0 = time.perf_counter()
     sizes = {"copy_bytes": 1 << 20, "matmul_n": 64} if args.tiny else None
     result = {"machine": machine.describe(device, threads),
@@ -76,6 +78,8 @@ def run(args) -> dict:
     if "layers" in args.sections:
         result["layers"] = runners.run_layers(device, args.dtypes, shapes, plan,
                                               result["roofline"])
+    if "conv" in args.sections:
+        result["conv"] = runners.run_conv(device, args.dtypes, conv_models, plan)
     if "sync" in args.sections:
         result["sync"] = runners.run_sync(device, args.dtypes, models, plan, result["roofline"])
     if "perturb" in args.sections:

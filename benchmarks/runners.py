@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import layers, perturbation, sync
+from . import conv, layers, perturbation, sync
 from .timing import Variant, interleave
 
 
@@ -111,6 +111,27 @@ def run_perturb(device: str, k_values, batches, plan: Plan, dims=perturbation.DI
                                      "loop": perturbation.peak_extra_bytes(load.loop, device)},
                 "noise_copies_bytes": load.noise_bytes(),
                 "tiled_activation_bytes": load.tiled_activation_bytes(),
+            })
+            del load
+            _free(device)
+    return rows
+
+
+def run_conv(device: str, dtypes, models, plan: Plan) -> list[dict]:
+    rows = []
+    for dtype in dtypes:
+        for spec in models:
+            load = conv.ConvWorkload(spec, device, dtype)
+            reps = plan.heavy_reps if spec.heavy else plan.reps
+            t = interleave([Variant(k, load.step(k)) for k in conv.KINDS], device, reps,
+                           plan.warmup, plan.max_seconds)
+            ms = {k: t[k].median_s * 1e3 for k in conv.KINDS}
+            rows.append({
+                "model": spec.name, "batch": spec.batch, "dtype": _dtype_name(dtype),
+                "median_ms": ms, "iqr_ms": {k: t[k].iqr_s * 1e3 for k in conv.KINDS},
+                "reps": min(len(t[k].times_s) for k in conv.KINDS),
+                "fa_over_torch": ms["fa"] / ms["torch"],
+                "sign_over_torch": ms["sign"] / ms["torch"],
             })
             del load
             _free(device)
