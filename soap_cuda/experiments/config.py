@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .models import SYNCED_RULES, feedback_rules
+from .models import MODELS, SYNCED_RULES, feedback_rules
 from .optimizers import OPTIMIZERS, ConfigError
 
 
@@ -20,7 +20,9 @@ class TrainConfig:
     seed: int = 0
     epochs: float = 5.0  # fractional epochs allowed: the budget is epochs * train examples
     batch_size: int = 32
-    hidden: list[int] = field(default_factory=lambda: [1000])
+    model: str = "mlp"  # mlp, lenet (LeNet-5, 32x32 input), resnet20 (CIFAR ResNet-20)
+    lr_drops: list[float] = field(default_factory=list)  # fractions of training: lr x 0.1 each
+    hidden: list[int] = field(default_factory=lambda: [1000])  # (mlp only, as activation)
     activation: str = "tanh"
     dataset: str = "mnist5k"
     data_dir: str | None = None
@@ -35,6 +37,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.hidden = [int(h) for h in self.hidden]
+        self.lr_drops = sorted(float(f) for f in self.lr_drops)
         self.validate()
 
     @property
@@ -59,11 +62,21 @@ class TrainConfig:
             raise ConfigError(f"rule {self.rule!r} updates B from W: give --sync-every T > 0")
         if self.eval_every is not None and self.eval_every <= 0:
             raise ConfigError("--eval-every must be positive")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if any(not 0 < f < 1 for f in self.lr_drops):
+            raise ConfigError(f"--lr-drops are fractions of training in (0, 1), got "
+                              f"{self.lr_drops}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight decay must be non-negative")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def pad_to(self) -> int | None:
+        """Image size the model needs (28x28 data is padded to it), or None for the MLP."""
+        return None if self.model == "mlp" else 32
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

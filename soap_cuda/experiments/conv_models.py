@@ -47,9 +47,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10):
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         stages, cin = [], 16
         for i, cout in enumerate((16, 32, 64)):
@@ -69,5 +69,5 @@ class ResNetCifar(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnet20(num_classes: int = 10) -> ResNetCifar:
-    return ResNetCifar(3, num_classes)
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
+    return ResNetCifar(3, num_classes, in_channels)

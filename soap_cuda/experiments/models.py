@@ -1,4 +1,5 @@
-"""The MLP every experiment trains: FALinear layers whose feedback rule is the variable."""
+"""The models experiments train, whose feedback rule is the variable: the MLP (FALinear layers)
+and the standard conv benchmarks (LeNet-5, ResNet-20; conv_models.py) converted to FA layers."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -46,5 +47,33 @@ def build_mlp(in_features: int, hidden: list[int] | tuple[int, ...], num_classes
     return nn.Sequential(OrderedDict(layers))
 
 
+MODELS = ("mlp", "lenet", "resnet20")
+
+
+def build_conv(name: str, image_shape, num_classes: int, rule: str = "fa",
+               sync_every: int | None = None, device=None,
+               sync_at_start: bool = False) -> nn.Sequential:
+    """LeNet-5 or ResNet-20 on flattened images of `image_shape` (C, 32, 32), every conv and
+    linear layer an FA layer with the rule (bp included, through the same code)."""
+    from .conv_models import lenet5, resnet20
+    from .optimizers import ConfigError
+
+    channels, height, width = image_shape if len(image_shape) == 3 else (0, 0, 0)
+    if (height, width) != (32, 32):
+        raise ConfigError(f"--model {name} needs 32x32 images (28x28 ones are padded), got "
+                          f"{'x'.join(map(str, image_shape)) or 'flat data'}")
+    net = lenet5(num_classes, channels) if name == "lenet" else resnet20(num_classes, channels)
+    feedback = "fa" if rule == "soap" else rule
+    synced = feedback in SYNCED_RULES
+    kwargs = {"feedback": feedback, "sync_every": sync_every if synced else None}
+    if synced and sync_at_start:
+        kwargs["sync_at_start"] = True
+    model = nn.Sequential(OrderedDict([("image", nn.Unflatten(1, tuple(image_shape))),
+                                       ("net", soap_cuda.convert(net, **kwargs))]))
+    return model.to(device)
+
+
 def fa_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, soap_cuda.FALinear)]
+    """(name, layer) of every feedback-alignment layer (FALinear, FAConv*), in order."""
+    from soap_cuda.feedback_layer import FeedbackLayerMixin
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackLayerMixin)]

@@ -31,7 +31,7 @@ from .runs import RunStore, is_complete, run_path
 from .stats import best_lr, extend_grid
 
 # TrainConfig fields a sweep shares across all its runs.
-BASE_FIELDS = ("hidden", "epochs", "batch_size", "sync_every", "sync_at_start", "activation",
+BASE_FIELDS = ("model", "lr_drops", "hidden", "epochs", "batch_size", "sync_every", "sync_at_start", "activation",
                "dataset", "data_dir", "download", "train_examples", "test_examples", "eval_every",
                "probe_examples", "momentum", "weight_decay", "device")
 
@@ -101,10 +101,11 @@ def _run_task(task: tuple[dict, str]) -> str:
     from .train import train
 
     cfg = TrainConfig.from_dict(task[0])
-    key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device)
+    key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device,
+           cfg.pad_to)
     if key not in _WORKER_DATA:  # each worker loads the data once
         _WORKER_DATA[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
-                                         cfg.train_examples, cfg.test_examples)
+                                         cfg.train_examples, cfg.test_examples, cfg.pad_to)
     train(cfg, out_path=task[1], data=_WORKER_DATA[key])
     return task[1]
 

@@ -1,4 +1,5 @@
-"""One training run: MLP + feedback rule + optimizer, metrics as JSON lines, exact resume.
+"""One training run: model (MLP, LeNet-5 or ResNet-20) + feedback rule + optimizer (with an
+optional step learning-rate schedule), metrics as JSON lines, exact resume.
 
 Records (one JSON object per line):
   {"kind": "config", ...}   the TrainConfig and the dataset summary
@@ -23,7 +24,7 @@ import soap_cuda
 
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .models import build_mlp
+from .models import build_conv, build_mlp
 from .optimizers import make_optimizer
 
 CHECKPOINT_VERSION = 1
@@ -141,7 +142,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     cfg.validate()
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
-                            cfg.train_examples, cfg.test_examples)
+                            cfg.train_examples, cfg.test_examples, cfg.pad_to)
     device = data.x_train.device
     n = len(data.y_train)
     budget = int(round(cfg.epochs * n))
@@ -149,10 +150,21 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     probe = (data.x_train[:cfg.probe_examples], data.y_train[:cfg.probe_examples])
 
     torch.manual_seed(cfg.seed)
-    model = build_mlp(data.in_features, cfg.hidden, data.num_classes, cfg.rule, cfg.sync_every,
-                      cfg.activation, device, cfg.sync_at_start)
+    if cfg.model == "mlp":
+        model = build_mlp(data.in_features, cfg.hidden, data.num_classes, cfg.rule,
+                          cfg.sync_every, cfg.activation, device, cfg.sync_at_start)
+    else:
+        model = build_conv(cfg.model, data.image_shape, data.num_classes, cfg.rule,
+                           cfg.sync_every, device, cfg.sync_at_start)
     opt = make_optimizer(model, cfg.rule, cfg.optimizer, cfg.lr, cfg.momentum,
                          cfg.weight_decay, cfg.layer_lr_scale)
+    base_lrs = [group["lr"] for group in opt.param_groups]
+
+    def set_lr_for(examples: int) -> None:
+        # step schedule: x0.1 at each drop passed; a function of the position, so resume is exact
+        factor = 0.1 ** sum(examples >= f * budget for f in cfg.lr_drops)
+        for group, lr in zip(opt.param_groups, base_lrs):
+            group["lr"] = lr * factor
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt is not None and ckpt.is_file():
@@ -230,6 +242,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             take = min(cfg.batch_size, n - start, budget - pos["examples"])
             idx = order[start:start + take]
             xb, yb = data.x_train[idx], data.y_train[idx]
+            if cfg.lr_drops:
+                set_lr_for(pos["examples"])
 
             def closure():
                 opt.zero_grad(set_to_none=True)
