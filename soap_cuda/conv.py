@@ -71,14 +71,7 @@ class _FAConvNd(FeedbackLayerMixin):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                     conv.padding_mode, device=w.device, dtype=w.dtype, **kwargs)
-        with torch.no_grad():
-            layer.weight.copy_(w)
-            layer.weight.requires_grad_(w.requires_grad)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-                layer.bias.requires_grad_(conv.bias.requires_grad)
-        if generator is not None:
-            layer._draw_feedback(generator)
+        layer._take_weights(conv, generator)
         return layer
 
 

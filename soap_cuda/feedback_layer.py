@@ -57,6 +57,19 @@ class FeedbackLayerMixin:
             if hasattr(self, "b_init_norm"):
                 self.b_init_norm.copy_(self.b_matrix.double().norm())
 
+    def _take_weights(self, layer, generator: torch.Generator | None) -> None:
+        """Copy `layer`'s weight and bias (and whether they train) into this FA twin; draw B
+        from `generator` when given (else the fresh B from the global RNG stays)."""
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                source = getattr(layer, name)
+                if source is not None:
+                    target = getattr(self, name)
+                    target.copy_(source)
+                    target.requires_grad_(source.requires_grad)
+        if generator is not None:
+            self._draw_feedback(generator)
+
     def _draw_feedback(self, generator: torch.Generator) -> None:
         """B from `generator` (xavier-normal), for reproducible conversions."""
         w = self.weight

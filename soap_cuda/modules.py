@@ -88,12 +88,5 @@ class FALinear(FeedbackLayerMixin, nn.Module):
         w = linear.weight
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     device=w.device, dtype=w.dtype, **kwargs)
-        with torch.no_grad():
-            layer.weight.copy_(w)
-            layer.weight.requires_grad_(w.requires_grad)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-                layer.bias.requires_grad_(linear.bias.requires_grad)
-        if generator is not None:
-            layer._draw_feedback(generator)
+        layer._take_weights(linear, generator)
         return layer

@@ -66,5 +66,14 @@ def _fresh_seed(request):
     yield
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def devices():
     return ["cpu"] + (["cuda"] if HAS_CUDA else [])

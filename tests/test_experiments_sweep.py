@@ -15,15 +15,6 @@ BASE = dict(dataset="digits", hidden=[16], epochs=1, batch_size=16, train_exampl
             test_examples=80, eval_every=80, probe_examples=64, sync_every=80)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    # Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def spec(**kw):
     d = dict(rules=["bp", "fa", "sign"], lrs=[0.01, 0.1], seeds=2, fixed_lr=0.01,
              gain_match=["sign"], adam_rules=["bp", "sign"], adam_lrs=[1e-3], max_extend=1,
@@ -33,7 +24,7 @@ def spec(**kw):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory, one_thread):
+def swept(tmp_path_factory, single_torch_thread):
     out = tmp_path_factory.mktemp("sweep")
     result = Sweep(spec(), out, jobs=1).run()
     return out, result

@@ -11,13 +11,7 @@ from soap_cuda.experiments.optimizers import ConfigError, make_optimizer
 from soap_cuda.experiments.train import read_records, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: one thread avoids OpenMP spin-waiting on a busy 2-core machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
