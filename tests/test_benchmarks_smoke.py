@@ -2,8 +2,6 @@
 Nothing here looks at speed."""
 import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch

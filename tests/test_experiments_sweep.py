@@ -3,7 +3,6 @@ Adam arms, analysis, report with figures, and reuse of finished runs."""
 import json
 
 import pytest
-import torch
 
 from soap_cuda.experiments.controls import gain_matched_label
 from soap_cuda.experiments.optimizers import ConfigError

@@ -151,35 +151,43 @@ def _idx_dataset(name: str, root: Path, download: bool):
 _CIFAR_DIRS = ("cifar-10-batches-py", "cifar-10-batches-bin", ".")
 
 
+def _read_cifar_python(d: Path, name: str):
+    with open(d / name, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(batch[b"labels"], dtype=np.int64)
+
+
+def _read_cifar_binary(d: Path, name: str):
+    """Records of 1 label byte + 3072 pixel bytes."""
+    path = d / (name + ".bin")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % 3073:
+        raise DataError(f"{path}: not whole 3073-byte records")
+    raw = raw.reshape(-1, 3073)
+    return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].astype(np.int64)
+
+
 def _cifar_batches(root: Path):
-    """(train images, train labels, test images, test labels), images (n, 3, 32, 32) uint8."""
+    """(train images, train labels, test images, test labels), images (n, 3, 32, 32)."""
     for sub in _CIFAR_DIRS:
         d = root / sub
-        if (d / "data_batch_1").is_file():  # python pickles
-            def read(name):
-                with open(d / name, "rb") as f:
-                    batch = pickle.load(f, encoding="bytes")
-                x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                return x, np.asarray(batch[b"labels"], dtype=np.int64)
+        if (d / "data_batch_1").is_file():
+            read, suffix = _read_cifar_python, ""
             break
-        if (d / "data_batch_1.bin").is_file():  # binary: 1 label byte + 3072 pixel bytes
-            def read(name):
-                raw = np.fromfile(d / (name + ".bin"), dtype=np.uint8)
-                if raw.size % 3073:
-                    raise DataError(f"{d / (name + '.bin')}: not whole 3073-byte records")
-                raw = raw.reshape(-1, 3073)
-                return raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].astype(np.int64)
+        if (d / "data_batch_1.bin").is_file():
+            read, suffix = _read_cifar_binary, ".bin"
             break
     else:
         raise DataError(f"cifar10: cannot find data_batch_1 (python) or data_batch_1.bin "
                         f"(binary) under {root} (looked in "
                         f"{', '.join(str(root / s) for s in _CIFAR_DIRS)}); pass --download, "
                         f"or point --data-dir at the extracted batches")
-    parts = [read(f"data_batch_{i}") for i in range(1, 6) if
-             (d / f"data_batch_{i}").is_file() or (d / f"data_batch_{i}.bin").is_file()]
+    parts = [read(d, f"data_batch_{i}") for i in range(1, 6)
+             if (d / f"data_batch_{i}{suffix}").is_file()]
     xtr = np.concatenate([p[0] for p in parts])
     ytr = np.concatenate([p[1] for p in parts])
-    xte, yte = read("test_batch")
+    xte, yte = read(d, "test_batch")
     return xtr.astype(np.float32), ytr, xte.astype(np.float32), yte
 
 
