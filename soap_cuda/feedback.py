@@ -7,6 +7,9 @@ Rules (the `feedback=` option of FALinear):
   "scaled_sign"    B <- s * sign(W), s so that ||B||_F = ||B0||_F   (uSF-style)
   "random_sign"    B <- |M| * sign(W), M ~ N(0, std(B0)^2) redrawn each sync (brSF), seeded
   "bp"             B is W itself (exact backprop through the same code path: the baseline)
+  "kolen_pollack"  B is a parameter that receives W's gradient, so it gets the same updates as
+                   W (and its own weight decay): B - W decays and B converges towards W without
+                   weight transport (Akrout et al. 2019)
 sign(0) = 0 (as torch.sign), and a NaN weight gives a NaN feedback entry (it is not hidden).
 
 `sync_every=T` counts training examples; see FALinear. `sync_feedback(model)` syncs every
@@ -22,7 +25,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-FEEDBACK_RULES = ("fa", "sign", "rescaled_sign", "scaled_sign", "random_sign", "bp")
+FEEDBACK_RULES = ("fa", "sign", "rescaled_sign", "scaled_sign", "random_sign", "bp",
+                  "kolen_pollack")
 SYNC_RULES = ("sign", "rescaled_sign", "scaled_sign", "random_sign")
 
 

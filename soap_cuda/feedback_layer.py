@@ -29,9 +29,15 @@ class FeedbackLayerMixin:
         self.sync_count = 0
         self.schedule_paused = False
         self.feedback_override = None  # "bp" inside soap_cuda.feedback.backprop_mode()
+        # the hot path reads a buffer B straight from _buffers (not under bp or Kolen-Pollack)
+        self._b_in_buffers = feedback not in ("bp", "kolen_pollack")
 
     def _register_feedback_buffers(self, shape, factory) -> None:
-        self.register_buffer("b_matrix", torch.empty(shape, **factory))
+        if self.feedback == "kolen_pollack":
+            # a parameter: optimizers built from model.parameters() update it, with W's gradient
+            self.b_matrix = torch.nn.Parameter(torch.empty(shape, **factory))
+        else:
+            self.register_buffer("b_matrix", torch.empty(shape, **factory))
         if self.feedback == "rescaled_sign":
             self.register_buffer("b_init", torch.empty(shape, **factory))
         if self.feedback == "scaled_sign":

@@ -30,6 +30,7 @@ class FALinearFunction(torch.autograd.Function):
         input, _, bias, b_matrix = inputs
         ctx.save_for_backward(input, b_matrix)
         ctx.has_bias = bias is not None
+        ctx.learn_b = b_matrix.requires_grad
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -41,7 +42,8 @@ class FALinearFunction(torch.autograd.Function):
         grad_input = grad_output @ b_matrix
         grad_weight = g2.t() @ input.reshape(-1, input.shape[-1])
         grad_bias = g2.sum(0) if ctx.has_bias else None
-        return grad_input, grad_weight, grad_bias, None  # B is never learned
+        # B learns only under Kolen-Pollack, with W's gradient
+        return grad_input, grad_weight, grad_bias, grad_weight if ctx.learn_b else None
 
 
 def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor) -> Tensor:

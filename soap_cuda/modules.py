@@ -21,7 +21,8 @@ class FALinear(FeedbackLayerMixin, nn.Module):
     layer as the seed's class (and its state_dict loads here, strict).
 
     Feedback rules (`feedback=`, see `soap_cuda.feedback`): "fa" (fixed B, default), "sign",
-    "rescaled_sign", "scaled_sign", "random_sign", "bp". With a sync rule and `sync_every=T`,
+    "rescaled_sign", "scaled_sign", "random_sign", "bp", "kolen_pollack" (B is then a
+    parameter that receives W's gradient). With a sync rule and `sync_every=T`,
     B is synced from W each time the count of training examples reaches a multiple of T: a
     forward pass in training mode with grad enabled counts its leading dimension (the batch;
     one example for 1-D input; times the world size under torch.distributed, so T counts
@@ -72,7 +73,7 @@ class FALinear(FeedbackLayerMixin, nn.Module):
         if weight is None:
             weight = self.weight
         bias = params["bias"] if "bias" in params else self.bias
-        if self.feedback_override is None and self.feedback != "bp":  # the common case, first
+        if self.feedback_override is None and self._b_in_buffers:  # the common case, first
             return fa_linear(input, weight, bias, self._buffers["b_matrix"])
         return fa_linear(input, weight, bias, self.feedback_matrix)
 

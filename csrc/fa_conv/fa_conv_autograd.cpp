@@ -56,7 +56,11 @@ class FAConvFunction : public torch::autograd::Function<FAConvFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+    // needs_input_grad counts tensor arguments only: b_matrix is the 4th with a bias, else 3rd.
+    // Kolen-Pollack: a b_matrix that requires grad receives W's gradient (the same update).
+    const bool learn_b = ctx->needs_input_grad(has_bias ? 3 : 2);
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      ctx->needs_input_grad(1) || learn_b,
                                       has_bias && ctx->needs_input_grad(2)};
     const auto stride = ctx->saved_data["stride"].toIntVector();
     const auto padding = ctx->saved_data["padding"].toIntVector();
@@ -73,9 +77,13 @@ class FAConvFunction : public torch::autograd::Function<FAConvFunction> {
                             groups, mask);
     }
     auto [grad_input, grad_weight, grad_bias] = grads;
-    // b_matrix gets no gradient; stride, padding, dilation and groups are not tensors.
-    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    // b_matrix gets a gradient only under Kolen-Pollack (W's); the geometry is not tensors.
+    // (a copy when W wants it too: the two .grad tensors must not share memory, or an
+    // in-place change of one, such as gradient clipping, would change both)
+    const at::Tensor grad_b =
+        learn_b ? (ctx->needs_input_grad(1) ? grad_weight.clone() : grad_weight) : at::Tensor();
+    return {grad_input, ctx->needs_input_grad(1) ? grad_weight : at::Tensor(), grad_bias,
+            grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -85,6 +93,7 @@ at::Tensor fa_conv_autograd(const at::Tensor& input, const at::Tensor& weight,
                             at::IntArrayRef dilation, int64_t groups) {
   const bool records = at::GradMode::is_enabled() &&
                        (input.requires_grad() || weight.requires_grad() ||
+                        b_matrix.requires_grad() ||
                         (bias.has_value() && bias->defined() && bias->requires_grad()));
   if (!records) {
     at::AutoDispatchBelowADInplaceOrView guard;

@@ -50,7 +50,11 @@ class FALinearFunction : public torch::autograd::Function<FALinearFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+    // needs_input_grad counts tensor arguments only: b_matrix is the 4th with a bias, else 3rd.
+    // Kolen-Pollack: a b_matrix that requires grad receives W's gradient (the same update).
+    const bool learn_b = ctx->needs_input_grad(has_bias ? 3 : 2);
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      ctx->needs_input_grad(1) || learn_b,
                                       has_bias && ctx->needs_input_grad(2)};
     std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
     if (at::GradMode::is_enabled()) {
@@ -63,8 +67,13 @@ class FALinearFunction : public torch::autograd::Function<FALinearFunction> {
       grads = call_backward(grad_outputs[0], saved[0], saved[1], mask);
     }
     auto [grad_input, grad_weight, grad_bias] = grads;
-    // b_matrix gets no gradient: the feedback path is fixed (or synced), never learned.
-    return {grad_input, grad_weight, grad_bias, at::Tensor()};
+    // b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
+    // (a copy when W wants it too: the two .grad tensors must not share memory, or an
+    // in-place change of one, such as gradient clipping, would change both)
+    const at::Tensor grad_b =
+        learn_b ? (ctx->needs_input_grad(1) ? grad_weight.clone() : grad_weight) : at::Tensor();
+    return {grad_input, ctx->needs_input_grad(1) ? grad_weight : at::Tensor(), grad_bias,
+            grad_b};
   }
 };
 
@@ -72,6 +81,7 @@ at::Tensor fa_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
   const bool records = at::GradMode::is_enabled() &&
                        (input.requires_grad() || weight.requires_grad() ||
+                        b_matrix.requires_grad() ||
                         (bias.has_value() && bias->defined() && bias->requires_grad()));
   if (!records) {
     // Evaluation, no_grad, frozen layers: no node to build (Function::apply would still

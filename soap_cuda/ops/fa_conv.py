@@ -7,6 +7,7 @@ convolution_backward with B in W's place), asking only for the gradients autogra
 import torch
 
 from .. import _library
+from .fa_linear import _kolen_pollack_grad
 from ..reference.fa_conv import (check_fa_conv_args, check_fa_conv_backward_args, fa_conv,
                                  fa_conv_backward)
 
@@ -39,12 +40,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output):
     input, b_matrix = ctx.saved_tensors
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_input, need_weight, need_bias, learn_b = ctx.needs_input_grad[:4]
     grad_input, grad_weight, grad_bias = torch.ops.soap_cuda.fa_conv_backward(
         grad_output, input, b_matrix, *ctx.geometry,
-        [need_input, need_weight, need_bias and ctx.has_bias])
-    # No gradient flows to b_matrix: the feedback path is fixed (or synced), never learned.
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None
+        [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
+    # b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
+    return (grad_input, grad_weight if need_weight else None, grad_bias,
+            _kolen_pollack_grad(grad_weight, need_weight, learn_b), None, None, None, None)
 
 
 # The native library registers this same formula in C++ (csrc/fa_conv/fa_conv_autograd.cpp),

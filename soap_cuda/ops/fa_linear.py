@@ -35,14 +35,22 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def _kolen_pollack_grad(grad_weight, need_weight, learn_b):
+    # W's gradient for B, a copy when W takes it too (the two .grad tensors must not alias)
+    if not learn_b:
+        return None
+    return grad_weight.clone() if need_weight else grad_weight
+
+
 def _backward(ctx, grad_output):
     input, b_matrix = ctx.saved_tensors
-    need_input, need_weight, need_bias, _ = ctx.needs_input_grad
+    need_input, need_weight, need_bias, learn_b = ctx.needs_input_grad
     grad_input, grad_weight, grad_bias = torch.ops.soap_cuda.fa_linear_backward(
         grad_output, input, b_matrix,
-        [need_input, need_weight, need_bias and ctx.has_bias])
-    # No gradient flows to b_matrix: the feedback path is fixed (or synced), never learned.
-    return grad_input, grad_weight, grad_bias, None
+        [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
+    # b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
+    return (grad_input, grad_weight if need_weight else None, grad_bias,
+            _kolen_pollack_grad(grad_weight, need_weight, learn_b))
 
 
 # The native library registers this same formula in C++ (csrc/fa_linear/fa_linear_autograd.cpp),
