@@ -74,6 +74,15 @@ def sync(rows) -> str:
     return _table(head, out)
 
 
+def rules(rows) -> str:
+    head = ["shape", "dtype", "nn.Linear ms", "fa ms", "kolen_pollack ms", "fa / nn.Linear",
+            "kolen_pollack / fa", "reps"]
+    out = [[r["shape"], r["dtype"], _f(r["median_ms"]["nn.Linear"]), _f(r["median_ms"]["fa"]),
+            _f(r["median_ms"]["kolen_pollack"]), f"{r['fa_over_bp']:.3f}",
+            f"{r['kp_over_fa']:.3f}", r["reps"]] for r in rows]
+    return _table(head, out)
+
+
 def conv(rows) -> str:
     head = ["model", "dtype", "torch ms", "fa ms", "sign ms", "fa / torch", "sign / torch",
             "reps"]
@@ -115,6 +124,10 @@ def targets(result: dict) -> str:
                          f"arithmetic): fused / nn.Linear {r['fused_over_linear']:.3f}, "
                          f"{extra_us:+.1f} us per step (`python -m benchmarks.overhead` "
                          "breaks it down by call path).")
+    for r in result.get("rules", []):
+        lines.append(f"- Kolen-Pollack step within 1.05x of the FA step at {r['shape']} "
+                     f"{r['dtype']}: {'met' if r['kp_over_fa'] <= 1.05 else 'missed'} "
+                     f"({r['kp_over_fa']:.3f}); FA / backprop {r['fa_over_bp']:.3f}.")
     convs = result.get("conv", [])
     if convs:
         worst = max(convs, key=lambda r: max(r["fa_over_torch"], r["sign_over_torch"]))
@@ -155,6 +168,11 @@ def report(result: dict) -> str:
                   "fused = soap_cuda.FALinear, python = the seed's FALinear, nn.Linear = "
                   "backprop. TFLOP/s counts the GEMM work every variant must do.",
                   layers(result["layers"])]
+    if result.get("rules"):
+        parts += ["## Feedback rules: SGD train step of a deep MLP (medians)",
+                  "nn.Linear = backprop; fa = convert(model); kolen_pollack = convert(model, "
+                  "feedback='kolen_pollack'), B updated by the optimizer with W's gradient.",
+                  rules(result["rules"])]
     if result.get("conv"):
         parts += ["## Conv models: SGD train step (medians)",
                   "torch = nn.Conv2d/nn.Linear (backprop); fa = soap_cuda.convert(model); "

@@ -15,10 +15,11 @@ import time
 
 import torch
 
-from . import conv, layers, machine, markdown, perturbation, roofline, runners, sync
+from . import (conv, layers, machine, markdown, perturbation, roofline, rules, runners,
+               sync)
 from .timing import pin_threads
 
-SECTIONS = ("layers", "conv", "sync", "perturb")
+SECTIONS = ("layers", "rules", "conv", "sync", "perturb")
 
 
 def parse_args(argv=None):
@@ -60,7 +61,7 @@ def run(args) -> dict:
     small = args.tiny or args.quick
     if args.tiny:
         shapes, models, ks, batches = [layers.TINY], [sync.TINY], (1, 2), (4,)
-        conv_models = [conv.TINY]
+        conv_models, rule_shapes = [conv.TINY], [rules.TINY]
         pdims = (16, 32, 4)
     else:
         shapes = layers.SHAPES[:2] if args.quick else layers.SHAPES
@@ -70,6 +71,7 @@ def run(args) -> dict:
         batches = perturbation.BATCHES[:1] if args.quick else perturbation.BATCHES
         pdims = perturbation.DIMS
         conv_models = list(conv.MODELS[:1] if args.quick else conv.MODELS)
+        rule_shapes = list(rules.SHAPES)
     t0 = time.perf_counter()
     sizes = {"copy_bytes": 1 << 20, "matmul_n": 64} if args.tiny else None
     result = {"machine": machine.describe(device, threads),
@@ -78,6 +80,8 @@ def run(args) -> dict:
     if "layers" in args.sections:
         result["layers"] = runners.run_layers(device, args.dtypes, shapes, plan,
                                               result["roofline"])
+    if "rules" in args.sections:
+        result["rules"] = runners.run_rules(device, args.dtypes, rule_shapes, plan)
     if "conv" in args.sections:
         result["conv"] = runners.run_conv(device, args.dtypes, conv_models, plan)
     if "sync" in args.sections:

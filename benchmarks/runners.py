@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import conv, layers, perturbation, sync
+from . import conv, layers, perturbation, rules, sync
 from .timing import Variant, interleave
 
 
@@ -132,6 +132,25 @@ def run_conv(device: str, dtypes, models, plan: Plan) -> list[dict]:
                 "reps": min(len(t[k].times_s) for k in conv.KINDS),
                 "fa_over_torch": ms["fa"] / ms["torch"],
                 "sign_over_torch": ms["sign"] / ms["torch"],
+            })
+            del load
+            _free(device)
+    return rows
+
+
+def run_rules(device: str, dtypes, shapes, plan: Plan) -> list[dict]:
+    rows = []
+    for dtype in dtypes:
+        for shape in shapes:
+            load = rules.RulesWorkload(shape, device, dtype)
+            t = interleave([Variant(k, load.step(k)) for k in rules.KINDS], device, plan.reps,
+                           plan.warmup, plan.max_seconds)
+            ms = {k: t[k].median_s * 1e3 for k in rules.KINDS}
+            rows.append({
+                "shape": shape.name, "batch": shape.batch, "dtype": _dtype_name(dtype),
+                "median_ms": ms, "reps": min(len(t[k].times_s) for k in rules.KINDS),
+                "fa_over_bp": ms["fa"] / ms["nn.Linear"],
+                "kp_over_fa": ms["kolen_pollack"] / ms["fa"],
             })
             del load
             _free(device)
