@@ -102,3 +102,12 @@ def test_rerun_reuses_finished_runs(swept):
 def test_spec_errors(kw, msg):
     with pytest.raises(ConfigError, match=msg):
         spec(**kw).validate()
+
+
+def test_sgd_momentum_does_not_reach_the_adam_arms(tmp_path):
+    from soap_cuda.experiments.sweep import Arm
+
+    sweep = Sweep(spec(base={**BASE, "momentum": 0.9}), tmp_path, jobs=1)
+    sgd = sweep.config(Arm("bp", "bp", "sgd", [0.1]), 0.1, 0)
+    adam = sweep.config(Arm("bp_adam", "bp", "adam", [1e-3]), 1e-3, 0)
+    assert sgd.momentum == 0.9 and adam.momentum == 0.0

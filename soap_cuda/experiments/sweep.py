@@ -171,8 +171,11 @@ class Sweep:
 
     def config(self, arm: Arm, lr: float, seed: int) -> TrainConfig:
         scale = self._scale(arm, lr) if arm.gain_of else None
+        base = dict(self.spec.base)
+        if arm.optimizer != "sgd":  # --momentum is SGD's; Adam arms use Adam's own betas
+            base["momentum"] = 0.0
         return TrainConfig(rule=arm.rule, lr=lr, optimizer=arm.optimizer, seed=seed,
-                           layer_lr_scale=scale, label=arm.label, **self.spec.base)
+                           layer_lr_scale=scale, label=arm.label, **base)
 
     def _scale(self, arm: Arm, lr: float) -> dict[str, float]:
         table = self.gains.setdefault(arm.label, {})
