@@ -73,6 +73,17 @@ def _contrast_table(c: dict) -> list[str]:
     return lines
 
 
+def _model_text(cfg: dict, data: dict) -> str:
+    model = cfg.get("model", "mlp")
+    if model == "lenet":
+        return "LeNet-5 (conv 6-16-120, tanh, average pooling, fc 84-" + \
+            f"{data['num_classes']}; FAConv2d and FALinear layers)"
+    if model == "resnet20":
+        return "ResNet-20 (He et al.'s CIFAR layout; FAConv2d and FALinear layers)"
+    return (f"MLP {data['in_features']}-{'-'.join(map(str, cfg['hidden']))}-"
+            f"{data['num_classes']}, {cfg['activation']}")
+
+
 def write_report(results_dir: str | Path, target_loss: float | None = None,
                  target_fraction: float | None = None) -> Path:
     out = Path(results_dir)
@@ -110,15 +121,16 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
     L = ["# Feedback alignment sweep report", ""]
     L += ["## Setup", "",
           f"- Data: {data['description']} ({data['in_features']} inputs).",
-          f"- Model: MLP {data['in_features']}-{'-'.join(map(str, cfg['hidden']))}-"
-          f"{data['num_classes']}, {cfg['activation']}, FALinear layers for every rule "
+          f"- Model: {_model_text(cfg, data)}, FA layers for every rule "
           f"(backprop = `bp`, B kept equal to W, through the same code).",
           f"- Training: batch {cfg['batch_size']}, {cfg['epochs']:g} epochs "
           f"({int(round(cfg['epochs'] * data['train_examples'])):,} examples), sign rules "
           f"sync B every {cfg['sync_every']} examples "
           f"({first_sync}), "
           f"momentum {cfg['momentum']:g}, "
-          f"weight decay {cfg['weight_decay']:g}.",
+          f"weight decay {cfg['weight_decay']:g}"
+          + (f", learning rate x0.1 at {', '.join(f'{f:.0%}' for f in cfg['lr_drops'])} of "
+             "the run" if cfg.get("lr_drops") else "") + ".",
           f"- Seeds: {len(seeds)} per (rule, learning rate); each seed fixes initial weights, "
           f"feedback matrices and data order, and is shared across rules (paired comparisons).",
           f"- SGD grid {sorted(spec['lrs'])}, fixed lr {spec['fixed_lr']:g}; Adam grid "
