@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "../common/feedback_grads.h"
 #include "fa_conv.h"
 
 namespace soap_cuda {
@@ -56,12 +57,8 @@ class FAConvFunction : public torch::autograd::Function<FAConvFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    // needs_input_grad counts tensor arguments only: b_matrix is the 4th with a bias, else 3rd.
-    // Kolen-Pollack: a b_matrix that requires grad receives W's gradient (the same update).
-    const bool learn_b = ctx->needs_input_grad(has_bias ? 3 : 2);
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                      ctx->needs_input_grad(1) || learn_b,
-                                      has_bias && ctx->needs_input_grad(2)};
+    const WantedGrads wanted = wanted_grads(ctx, has_bias);
+    const std::array<bool, 3> mask = wanted.mask();
     const auto stride = ctx->saved_data["stride"].toIntVector();
     const auto padding = ctx->saved_data["padding"].toIntVector();
     const auto dilation = ctx->saved_data["dilation"].toIntVector();
@@ -76,14 +73,9 @@ class FAConvFunction : public torch::autograd::Function<FAConvFunction> {
       grads = call_backward(grad_outputs[0], saved[0], saved[1], stride, padding, dilation,
                             groups, mask);
     }
-    auto [grad_input, grad_weight, grad_bias] = grads;
     // b_matrix gets a gradient only under Kolen-Pollack (W's); the geometry is not tensors.
-    // (a copy when W wants it too: the two .grad tensors must not share memory, or an
-    // in-place change of one, such as gradient clipping, would change both)
-    const at::Tensor grad_b =
-        learn_b ? (ctx->needs_input_grad(1) ? grad_weight.clone() : grad_weight) : at::Tensor();
-    return {grad_input, ctx->needs_input_grad(1) ? grad_weight : at::Tensor(), grad_bias,
-            grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto [grad_input, grad_weight, grad_bias, grad_b] = wanted.outputs(grads);
+    return {grad_input, grad_weight, grad_bias, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -10,6 +10,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "../common/feedback_grads.h"
 #include "fa_linear.h"
 
 namespace soap_cuda {
@@ -50,12 +51,8 @@ class FALinearFunction : public torch::autograd::Function<FALinearFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    // needs_input_grad counts tensor arguments only: b_matrix is the 4th with a bias, else 3rd.
-    // Kolen-Pollack: a b_matrix that requires grad receives W's gradient (the same update).
-    const bool learn_b = ctx->needs_input_grad(has_bias ? 3 : 2);
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                      ctx->needs_input_grad(1) || learn_b,
-                                      has_bias && ctx->needs_input_grad(2)};
+    const WantedGrads wanted = wanted_grads(ctx, has_bias);
+    const std::array<bool, 3> mask = wanted.mask();
     std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
     if (at::GradMode::is_enabled()) {
       // create_graph=True: go through the op's own (Python-registered) autograd formula so
@@ -66,14 +63,9 @@ class FALinearFunction : public torch::autograd::Function<FALinearFunction> {
       at::AutoDispatchBelowADInplaceOrView guard;
       grads = call_backward(grad_outputs[0], saved[0], saved[1], mask);
     }
-    auto [grad_input, grad_weight, grad_bias] = grads;
     // b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
-    // (a copy when W wants it too: the two .grad tensors must not share memory, or an
-    // in-place change of one, such as gradient clipping, would change both)
-    const at::Tensor grad_b =
-        learn_b ? (ctx->needs_input_grad(1) ? grad_weight.clone() : grad_weight) : at::Tensor();
-    return {grad_input, ctx->needs_input_grad(1) ? grad_weight : at::Tensor(), grad_bias,
-            grad_b};
+    const auto [grad_input, grad_weight, grad_bias, grad_b] = wanted.outputs(grads);
+    return {grad_input, grad_weight, grad_bias, grad_b};
   }
 };
 
