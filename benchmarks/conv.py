@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import soap_cuda
 from soap_cuda.experiments.conv_models import lenet5, resnet20
+
+from .train_steps import TrainSteps, fixed_batch
 
 KINDS = ("torch", "fa", "sign")
 
@@ -30,27 +31,9 @@ MODELS = (
 TINY = ConvModel("lenet5/b4", lenet5, (1, 32, 32), 4)
 
 
-class ConvWorkload:
-    """The same initial weights in every variant; lr=0 keeps them (and so the arithmetic, no
-    denormals creeping in) identical from step to step."""
-
-    def __init__(self, spec: ConvModel, device, dtype=torch.float32):
-        torch.manual_seed(0)
-        base = spec.build().to(device=device, dtype=dtype)
-        self.models = {"torch": base,
-                       "fa": soap_cuda.convert(base),
-                       "sign": soap_cuda.convert(base, feedback="sign", sync_every=1000)}
-        self.opts = {k: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
-                     for k, m in self.models.items()}
-        gen = torch.Generator(device="cpu").manual_seed(1)
-        self.x = torch.randn(spec.batch, *spec.input_shape, generator=gen).to(device, dtype)
-        self.y = torch.randint(0, 10, (spec.batch,), generator=gen).to(device)
-
-    def step(self, kind: str):
-        model, opt = self.models[kind], self.opts[kind]
-
-        def run():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(self.x), self.y).backward()
-            opt.step()
-        return run
+def workload(spec: ConvModel, device, dtype=torch.float32) -> TrainSteps:
+    torch.manual_seed(0)
+    base = spec.build().to(device=device, dtype=dtype)
+    models = {"torch": base, "fa": soap_cuda.convert(base),
+              "sign": soap_cuda.convert(base, feedback="sign", sync_every=1000)}
+    return TrainSteps(models, *fixed_batch(spec.batch, spec.input_shape, 10, device, dtype))

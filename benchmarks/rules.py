@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import soap_cuda
+
+from .train_steps import TrainSteps, fixed_batch
 
 KINDS = ("nn.Linear", "fa", "kolen_pollack")
 
@@ -34,26 +35,10 @@ def _mlp(dims, device, dtype):
     return nn.Sequential(*mods)
 
 
-class RulesWorkload:
-    """One set of initial weights for every variant; lr=0 keeps the arithmetic identical from
-    step to step (and, for Kolen-Pollack, keeps B where it started)."""
-
-    def __init__(self, shape: RulesShape, device, dtype=torch.float32):
-        torch.manual_seed(0)
-        base = _mlp(shape.dims, device, dtype)
-        self.models = {"nn.Linear": base, "fa": soap_cuda.convert(base),
-                       "kolen_pollack": soap_cuda.convert(base, feedback="kolen_pollack")}
-        self.opts = {k: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
-                     for k, m in self.models.items()}
-        gen = torch.Generator().manual_seed(1)
-        self.x = torch.randn(shape.batch, shape.dims[0], generator=gen).to(device, dtype)
-        self.y = torch.randint(0, shape.dims[-1], (shape.batch,), generator=gen).to(device)
-
-    def step(self, kind: str):
-        model, opt = self.models[kind], self.opts[kind]
-
-        def run():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(self.x), self.y).backward()
-            opt.step()
-        return run
+def workload(shape: RulesShape, device, dtype=torch.float32) -> TrainSteps:
+    torch.manual_seed(0)
+    base = _mlp(shape.dims, device, dtype)
+    models = {"nn.Linear": base, "fa": soap_cuda.convert(base),
+              "kolen_pollack": soap_cuda.convert(base, feedback="kolen_pollack")}
+    return TrainSteps(models, *fixed_batch(shape.batch, shape.dims[:1], shape.dims[-1], device,
+                                           dtype))

@@ -117,41 +117,33 @@ def run_perturb(device: str, k_values, batches, plan: Plan, dims=perturbation.DI
     return rows
 
 
-def run_conv(device: str, dtypes, models, plan: Plan) -> list[dict]:
+def _train_steps(device: str, dtypes, cases, module, kinds, plan: Plan, row) -> list[dict]:
+    """Each case's variants (`kinds`), one train step each, interleaved; `row(case, ms)` names
+    the case and its ratios."""
     rows = []
     for dtype in dtypes:
-        for spec in models:
-            load = conv.ConvWorkload(spec, device, dtype)
-            reps = plan.heavy_reps if spec.heavy else plan.reps
-            t = interleave([Variant(k, load.step(k)) for k in conv.KINDS], device, reps,
+        for case in cases:
+            load = module.workload(case, device, dtype)
+            reps = plan.heavy_reps if getattr(case, "heavy", False) else plan.reps
+            t = interleave([Variant(k, load.step(k)) for k in kinds], device, reps,
                            plan.warmup, plan.max_seconds)
-            ms = {k: t[k].median_s * 1e3 for k in conv.KINDS}
-            rows.append({
-                "model": spec.name, "batch": spec.batch, "dtype": _dtype_name(dtype),
-                "median_ms": ms, "iqr_ms": {k: t[k].iqr_s * 1e3 for k in conv.KINDS},
-                "reps": min(len(t[k].times_s) for k in conv.KINDS),
-                "fa_over_torch": ms["fa"] / ms["torch"],
-                "sign_over_torch": ms["sign"] / ms["torch"],
-            })
+            ms = {k: t[k].median_s * 1e3 for k in kinds}
+            rows.append({**row(case, ms), "dtype": _dtype_name(dtype), "median_ms": ms,
+                         "iqr_ms": {k: t[k].iqr_s * 1e3 for k in kinds},
+                         "reps": min(len(t[k].times_s) for k in kinds)})
             del load
             _free(device)
     return rows
+
+
+def run_conv(device: str, dtypes, models, plan: Plan) -> list[dict]:
+    return _train_steps(device, dtypes, models, conv, conv.KINDS, plan, lambda spec, ms: {
+        "model": spec.name, "batch": spec.batch,
+        "fa_over_torch": ms["fa"] / ms["torch"], "sign_over_torch": ms["sign"] / ms["torch"]})
 
 
 def run_rules(device: str, dtypes, shapes, plan: Plan) -> list[dict]:
-    rows = []
-    for dtype in dtypes:
-        for shape in shapes:
-            load = rules.RulesWorkload(shape, device, dtype)
-            t = interleave([Variant(k, load.step(k)) for k in rules.KINDS], device, plan.reps,
-                           plan.warmup, plan.max_seconds)
-            ms = {k: t[k].median_s * 1e3 for k in rules.KINDS}
-            rows.append({
-                "shape": shape.name, "batch": shape.batch, "dtype": _dtype_name(dtype),
-                "median_ms": ms, "reps": min(len(t[k].times_s) for k in rules.KINDS),
-                "fa_over_bp": ms["fa"] / ms["nn.Linear"],
-                "kp_over_fa": ms["kolen_pollack"] / ms["fa"],
-            })
-            del load
-            _free(device)
-    return rows
+    return _train_steps(device, dtypes, shapes, rules, rules.KINDS, plan, lambda shape, ms: {
+        "shape": shape.name, "batch": shape.batch,
+        "fa_over_bp": ms["fa"] / ms["nn.Linear"],
+        "kp_over_fa": ms["kolen_pollack"] / ms["fa"]})
