@@ -4,6 +4,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Optional.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <array>
@@ -28,6 +30,16 @@ struct WantedGrads {
     return {grad_input, weight ? grad_weight : at::Tensor(), grad_bias, grad_b};
   }
 };
+
+// Whether a forward must build an autograd node: a gradient is wanted for some argument (B
+// counts under Kolen-Pollack). Evaluation, no_grad and frozen layers skip the node (apply would
+// still allocate one and save the inputs, ~2 us a call) and go straight to the kernel.
+inline bool records_graph(const at::Tensor& input, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
+  return at::GradMode::is_enabled() &&
+         (input.requires_grad() || weight.requires_grad() || b_matrix.requires_grad() ||
+          (bias.has_value() && bias->defined() && bias->requires_grad()));
+}
 
 // needs_input_grad counts tensor arguments only: b_matrix is the 4th with a bias, else the 3rd.
 inline WantedGrads wanted_grads(torch::autograd::AutogradContext* ctx, bool has_bias) {

@@ -83,11 +83,7 @@ at::Tensor fa_conv_autograd(const at::Tensor& input, const at::Tensor& weight,
                             const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
-  const bool records = at::GradMode::is_enabled() &&
-                       (input.requires_grad() || weight.requires_grad() ||
-                        b_matrix.requires_grad() ||
-                        (bias.has_value() && bias->defined() && bias->requires_grad()));
-  if (!records) {
+  if (!records_graph(input, weight, bias, b_matrix)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_forward(input, weight, bias, b_matrix, stride, padding, dilation, groups);
   }

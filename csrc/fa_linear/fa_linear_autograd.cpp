@@ -71,13 +71,7 @@ class FALinearFunction : public torch::autograd::Function<FALinearFunction> {
 
 at::Tensor fa_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
-  const bool records = at::GradMode::is_enabled() &&
-                       (input.requires_grad() || weight.requires_grad() ||
-                        b_matrix.requires_grad() ||
-                        (bias.has_value() && bias->defined() && bias->requires_grad()));
-  if (!records) {
-    // Evaluation, no_grad, frozen layers: no node to build (Function::apply would still
-    // allocate one and save the inputs, ~2 us a call), so straight to the kernel.
+  if (!records_graph(input, weight, bias, b_matrix)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_forward(input, weight, bias, b_matrix);
   }
