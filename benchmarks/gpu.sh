@@ -99,7 +99,10 @@ else
     compute-sanitizer --tool memcheck --error-exitcode $sanitizer_exit \
     "${pytest[@]}" "${own_kernel_tests[@]}" -m "cuda and not allocator_stats"
 fi
-step other-tests 150 env SOAP_CUDA_BACKEND=native "${pytest[@]}" tests -m "not cuda"
+# GPU_SH_OTHER_TESTS: the test paths of this step (default all of tests/), for a rerun that
+# has no time for the whole CPU suite (CI runs it on every change anyway).
+read -r -a other_tests <<<"${GPU_SH_OTHER_TESTS:-tests}"
+step other-tests 150 env SOAP_CUDA_BACKEND=native "${pytest[@]}" "${other_tests[@]}" -m "not cuda"
 if [ $dry_run = 1 ]; then
   step report 150 "$python" -m benchmarks.report --device cpu --tiny --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cpu --reps 20 > '$outdir/overhead-cpu.md'"

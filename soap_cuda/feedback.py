@@ -58,20 +58,30 @@ def _random_magnitude(layer) -> torch.Tensor:
 
 
 def sync_arguments(layer):
-    """(weight, b_matrix, magnitude or None, scale as a 0-d float64 tensor) for one layer."""
+    """(weight, b_matrix, magnitude or None, scale) for one layer: the scale is a Python float,
+    or a 0-d float64 tensor on the weight's device where it depends on W (scaled_sign)."""
     w = layer.weight.detach()
     rule = layer.feedback
-    one = torch.ones((), dtype=torch.float64, device=w.device)
     if rule == "sign":
-        return w, layer.b_matrix, None, one
+        return w, layer.b_matrix, None, 1.0
     if rule == "rescaled_sign":
-        return w, layer.b_matrix, layer.b_init, one
+        return w, layer.b_matrix, layer.b_init, 1.0
     if rule == "random_sign":
-        return w, layer.b_matrix, _random_magnitude(layer), one
+        return w, layer.b_matrix, _random_magnitude(layer), 1.0
     if rule == "scaled_sign":
         nonzero = torch.count_nonzero(w).to(torch.float64).clamp_min(1.0)
         return w, layer.b_matrix, None, layer.b_init_norm / nonzero.sqrt()
     raise ValueError(f"feedback rule {rule!r} has no sync")
+
+
+def _scales_tensor(scales, device) -> torch.Tensor:
+    """The op's scales: on the CPU when all are known on the host (the CUDA kernel then takes
+    them from its layer table, with no device tensor to build), else stacked on the device."""
+    if all(isinstance(s, float) for s in scales):
+        return torch.tensor(scales, dtype=torch.float64)
+    return torch.stack([s if isinstance(s, torch.Tensor)
+                        else torch.full((), s, dtype=torch.float64, device=device)
+                        for s in scales])
 
 
 def sync_layers(layers) -> int:
@@ -89,7 +99,7 @@ def sync_layers(layers) -> int:
             # a channels_last conv layer's B is not contiguous: sync into a copy, write it back
             targets = [b if b.is_contiguous() else b.contiguous() for b in b_matrices]
             torch.ops.soap_cuda.feedback_sync_(weights, targets, magnitudes,
-                                               torch.stack(scales))
+                                               _scales_tensor(scales, weights[0].device))
             for b, target in zip(b_matrices, targets):
                 if target is not b:
                     b.copy_(target)

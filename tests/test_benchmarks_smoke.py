@@ -24,8 +24,9 @@ def test_report_runs_on_tiny_shapes(device, tmp_path):
         assert all(ms > 0 for ms in row["median_ms"].values())
     assert result["roofline"]["copy"]["GBps"] > 0
     assert {(r["batch"], r["K"]) for r in result["perturb"]} == {(4, 1), (4, 2)}
-    assert [r["model"] for r in result["conv"]] == ["lenet5/b4"]
-    assert [r["shape"] for r in result["rules"]] == ["mlp16-32-4/b8"]
+    # One row per dtype: the CPU default is float32 alone, CUDA adds bfloat16.
+    assert [r["model"] for r in result["conv"]] == ["lenet5/b4"] * len(args.dtypes)
+    assert [r["shape"] for r in result["rules"]] == ["mlp16-32-4/b8"] * len(args.dtypes)
     assert all(ms > 0 for ms in result["conv"][0]["median_ms"].values())
     for row in result["perturb"]:
         assert row["peak_extra_bytes"]["batched"] > 0 and row["noise_copies_bytes"] > 0

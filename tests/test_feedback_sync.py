@@ -184,6 +184,20 @@ def test_cuda_matches_cpu_bit_for_bit(dtype):
 
 
 @requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_takes_scales_from_the_cpu(dtype):
+    """Scales on the CPU ride in the launch's layer table: same bits as device scales."""
+    weights, b_cpu, mags, scales = make_layers(dtype)
+    to = lambda ts: [t.cuda() if t is not None else None for t in ts]
+    b_host_scales, b_device_scales = to(b_cpu), to(b_cpu)
+    op(to(weights), b_host_scales, to(mags), scales)
+    op(to(weights), b_device_scales, to(mags), scales.cuda())
+    op(weights, b_cpu, mags, scales)
+    for host, device, want in zip(b_host_scales, b_device_scales, b_cpu):
+        assert torch.equal(host.cpu(), want) and torch.equal(device.cpu(), want)
+
+
+@requires_cuda
 def test_cuda_unaligned_views():
     """Pointers off the 16-byte grid take the scalar path; results must not change."""
     base_w, base_b = torch.randn(1001, device="cuda"), torch.zeros(1001, device="cuda")
@@ -194,10 +208,11 @@ def test_cuda_unaligned_views():
 
 @requires_cuda
 def test_cuda_grid_stride_loops_match_cpu():
-    """Layers of several million elements: each thread goes round the vector loop (and, for the
-    unaligned view, the scalar loop) more than once."""
-    w_cpu = [torch.randn(2048, 2049), torch.randn(1 + 1500 * 1001)[1:].view(1500, 1001)]
-    m_cpu = [torch.randn(2048, 2049), None]
+    """Layers of millions of elements: each thread goes round the unrolled vector loop (and, for
+    the unaligned view, the scalar loop) more than once, its last step partly out of range (on
+    an H200 one resident wave covers about 2.2M vectors per step)."""
+    w_cpu = [torch.randn(4099, 4097), torch.randn(1 + 1500 * 1001)[1:].view(1500, 1001)]
+    m_cpu = [torch.randn(4099, 4097), None]
     b_cpu = [torch.empty_like(w) for w in w_cpu]
     scales = torch.tensor([0.5, 1.5], dtype=torch.float64)
     base = torch.zeros(1 + 1500 * 1001, device="cuda")

@@ -77,7 +77,11 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
   check_contiguous(op, "scales", scales);
   if (n == 0) return;
   const at::Tensor& first = weights[0];
-  check_same_device(op, "scales", scales, "weights[0]", first);
+  // On the CPU, the CUDA kernel takes the scales from its layer table (no device read, and the
+  // caller needs no device tensor for them); on the weights' device, it reads them there.
+  TORCH_CHECK(scales.device() == first.device() || scales.is_cpu(), "soap_cuda::feedback_sync_: "
+              "argument 'scales' must be on the device of 'weights[0]' (", first.device(),
+              ") or on the CPU, got ", scales.device());
   for (size_t i = 0; i < n; ++i) {
     const std::string wi = "weights[" + std::to_string(i) + "]";
     const std::string bi = "b_matrices[" + std::to_string(i) + "]";

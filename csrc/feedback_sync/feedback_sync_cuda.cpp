@@ -39,11 +39,13 @@ void feedback_sync_cuda(at::TensorList weights, at::TensorList b_matrices,
 
   std::vector<int64_t> numels(n);
   for (int64_t i = 0; i < n; ++i) numels[i] = weights[i].numel();
-  // Enough blocks to fill the GPU (8 of 256 threads per SM), split in proportion to size.
-  const int64_t budget =
-      int64_t{8} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const std::vector<int64_t> first =
-      partition_sync_blocks(numels, sync_vector_width(dtype) * kSyncThreads, budget);
+  // One resident wave of blocks (as many as fit on every SM at once), split in proportion to
+  // size; each block covers kSyncUnroll vectors per thread per step.
+  const int per_sm = sync_blocks_per_sm(dtype);
+  const int64_t budget = int64_t{per_sm > 0 ? per_sm : 8} *
+                         at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const std::vector<int64_t> first = partition_sync_blocks(
+      numels, sync_vector_width(dtype) * kSyncThreads * kSyncUnroll, budget);
   const int64_t total_blocks = first[n];
   if (total_blocks == 0) return bump_versions(b_matrices);  // every layer empty
   TORCH_CHECK(total_blocks <= int64_t{0x7fffffff}, "soap_cuda::feedback_sync_: too many "
@@ -54,16 +56,19 @@ void feedback_sync_cuda(at::TensorList weights, at::TensorList b_matrices,
   auto table_cpu = at::empty({n * static_cast<int64_t>(sizeof(SyncLayer))},
                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   auto* table = reinterpret_cast<SyncLayer*>(table_cpu.data_ptr<uint8_t>());
+  // Scales on the CPU travel in the table; on the device, the kernel reads them there.
+  const double* host_scales = scales.is_cpu() ? scales.const_data_ptr<double>() : nullptr;
   for (int64_t i = 0; i < n; ++i) {
     const c10::optional<at::Tensor> mag = magnitudes.get(i);
     table[i] = SyncLayer{weights[i].const_data_ptr(), b_matrices[i].mutable_data_ptr(),
                          (mag.has_value() && mag->defined()) ? mag->const_data_ptr() : nullptr,
-                         numels[i], first[i]};
+                         numels[i], first[i], host_scales != nullptr ? host_scales[i] : 1.0};
   }
   auto table_dev = table_cpu.to(weights[0].device(), /*non_blocking=*/true);
   C10_CUDA_CHECK(launch_feedback_sync(
       reinterpret_cast<const SyncLayer*>(table_dev.const_data_ptr<uint8_t>()), n, total_blocks,
-      scales.const_data_ptr<double>(), dtype, c10::cuda::getCurrentCUDAStream()));
+      host_scales != nullptr ? nullptr : scales.const_data_ptr<double>(), dtype,
+      c10::cuda::getCurrentCUDAStream()));
   bump_versions(b_matrices);
 }
 

@@ -1,9 +1,9 @@
 // CUDA kernel of feedback_sync_: all layers in one launch. Each layer owns a contiguous range of
 // blocks, sized by sync_partition.h (in proportion to its size); a block finds its layer by
 // binary search in the layer table, then strides over it with 16-byte vector loads/stores when
-// W, B (and |M|) are all 16-byte aligned, then a scalar tail; a layer with any unaligned
-// pointer takes the scalar loop. Bandwidth-bound: per element it reads W (and |M|) once and
-// writes B once.
+// W, B (and |M|) are all 16-byte aligned, kSyncUnroll vectors per thread per step (all loads
+// issued before the first store), then a scalar tail; a layer with any unaligned pointer takes
+// the scalar loop. Bandwidth-bound: per element it reads W (and |M|) once and writes B once.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -44,7 +44,7 @@ __global__ void feedback_sync_kernel(const SyncLayer* __restrict__ layers, int64
   scalar_t* b = static_cast<scalar_t*>(layer.b);
   const scalar_t* m = static_cast<const scalar_t*>(layer.m);
   const bool has_mag = m != nullptr;
-  const acc_t scale = static_cast<acc_t>(scales[index]);
+  const acc_t scale = static_cast<acc_t>(scales != nullptr ? scales[index] : layer.scale);
   const int64_t numel = layer.numel;
   const int64_t stride = (end_block - layer.first_block) * blockDim.x;
   const int64_t tid = (static_cast<int64_t>(blockIdx.x) - layer.first_block) * blockDim.x +
@@ -55,17 +55,35 @@ __global__ void feedback_sync_kernel(const SyncLayer* __restrict__ layers, int64
                        (!has_mag || reinterpret_cast<uintptr_t>(m) % 16 == 0);
   int64_t done = 0;
   if (aligned) {
+    using V = Vec<scalar_t, N>;
+    const V* wv = reinterpret_cast<const V*>(w);
+    const V* mv = reinterpret_cast<const V*>(m);
+    V* bv = reinterpret_cast<V*>(b);
     const int64_t num_vec = numel / N;
-    for (int64_t v = tid; v < num_vec; v += stride) {
-      const auto wv = reinterpret_cast<const Vec<scalar_t, N>*>(w)[v];
-      Vec<scalar_t, N> mv = wv;
-      if (has_mag) mv = reinterpret_cast<const Vec<scalar_t, N>*>(m)[v];
-      Vec<scalar_t, N> out;
+    // Step u of a thread touches vector base + u * stride: each of the kSyncUnroll loads is
+    // coalesced across the warp, and all of them are in flight together.
+    for (int64_t base = tid; base < num_vec; base += kSyncUnroll * stride) {
+      V wr[kSyncUnroll], mr[kSyncUnroll];
 #pragma unroll
-      for (int k = 0; k < N; ++k) {
-        out.v[k] = sync_element<scalar_t, acc_t>(wv.v[k], mv.v[k], scale, has_mag);
+      for (int u = 0; u < kSyncUnroll; ++u) {
+        const int64_t v = base + u * stride;
+        if (v < num_vec) {
+          wr[u] = wv[v];
+          mr[u] = has_mag ? mv[v] : wr[u];
+        }
       }
-      reinterpret_cast<Vec<scalar_t, N>*>(b)[v] = out;
+#pragma unroll
+      for (int u = 0; u < kSyncUnroll; ++u) {
+        const int64_t v = base + u * stride;
+        if (v < num_vec) {
+          V out;
+#pragma unroll
+          for (int k = 0; k < N; ++k) {
+            out.v[k] = sync_element<scalar_t, acc_t>(wr[u].v[k], mr[u].v[k], scale, has_mag);
+          }
+          bv[v] = out;
+        }
+      }
     }
     done = num_vec * N;
   }
@@ -82,7 +100,28 @@ cudaError_t launch(const SyncLayer* layers, int64_t num_layers, int64_t total_bl
   return cudaGetLastError();
 }
 
+template <typename scalar_t>
+int blocks_per_sm() {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, feedback_sync_kernel<scalar_t>,
+                                                    kSyncThreads, 0) != cudaSuccess) {
+    cudaGetLastError();  // clear it: the caller falls back to a fixed count
+    return 0;
+  }
+  return blocks;
+}
+
 }  // namespace
+
+int sync_blocks_per_sm(SyncDtype dtype) {
+  switch (dtype) {
+    case SyncDtype::kFloat: return blocks_per_sm<float>();
+    case SyncDtype::kDouble: return blocks_per_sm<double>();
+    case SyncDtype::kHalf: return blocks_per_sm<c10::Half>();
+    case SyncDtype::kBFloat16: return blocks_per_sm<c10::BFloat16>();
+  }
+  return 0;
+}
 
 cudaError_t launch_feedback_sync(const SyncLayer* layers, int64_t num_layers,
                                  int64_t total_blocks, const double* scales, SyncDtype dtype,

@@ -15,6 +15,7 @@ struct SyncLayer {
   const void* m;  // nullptr: no magnitude factor
   int64_t numel;
   int64_t first_block;  // this layer's blocks are first_block .. next layer's first_block - 1
+  double scale;         // used when the launch gets no device scales
 };
 
 enum class SyncDtype : int { kFloat, kDouble, kHalf, kBFloat16 };
@@ -29,9 +30,17 @@ inline int64_t sync_vector_width(SyncDtype dtype) {
 }
 
 constexpr int kSyncThreads = 256;
+// 16-byte vectors each thread loads before it stores any: several loads in flight per thread is
+// what brings a streaming kernel near the copy bandwidth (one at a time left it near half).
+constexpr int kSyncUnroll = 4;
+
+// How many blocks of the kernel for `dtype` fit on one multiprocessor at once (its occupancy);
+// 0 if the runtime cannot say.
+int sync_blocks_per_sm(SyncDtype dtype);
 
 // One launch of total_blocks blocks over the device table `layers` (num_layers entries, sorted
-// by first_block); returns the launch's error code.
+// by first_block); `scales` is a device array of num_layers entries, or nullptr to use each
+// entry's own scale. Returns the launch's error code.
 cudaError_t launch_feedback_sync(const SyncLayer* layers, int64_t num_layers,
                                  int64_t total_blocks, const double* scales, SyncDtype dtype,
                                  cudaStream_t stream);

@@ -44,9 +44,9 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
     if n == 0:
         return
     first = weights[0]
-    if scales.device != first.device:
-        _fail("scales", f"must be on the device of 'weights[0]' ({first.device}), got "
-                        f"{scales.device}")
+    if scales.device != first.device and scales.device.type != "cpu":
+        _fail("scales", f"must be on the device of 'weights[0]' ({first.device}) or on the CPU, "
+                        f"got {scales.device}")
     for i, (w, b, m) in enumerate(zip(weights, b_matrices, magnitudes)):
         wi, bi, mi = f"weights[{i}]", f"b_matrices[{i}]", f"magnitudes[{i}]"
         if not w.is_floating_point():
