@@ -89,7 +89,19 @@ import torch, soap_cuda
 print('torch', torch.__version__, 'CUDA', torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')
 print('soap_cuda backend:', soap_cuda.backend(), soap_cuda.fallback_reason or '')
-assert soap_cuda.backend() == 'cuda', 'the CUDA kernels are not loaded'"
+assert soap_cuda.backend() == 'cuda', 'the CUDA kernels are not loaded'
+# An error message with shapes in it, from the CPU and the CUDA kernels: on one toolchain such
+# messages crashed the process (see csrc/common/message.h); here a crash fails this step.
+for device in ['cpu'] + (['cuda'] if torch.cuda.is_available() else []):
+    try:
+        torch.ops.soap_cuda.fa_linear(torch.randn(3, 4, device=device),
+                                      torch.randn(5, 4, device=device), None,
+                                      torch.randn(5, 3, device=device))
+    except RuntimeError as error:
+        assert 'must have the shape of' in str(error) and '[5, 3]' in str(error), error
+    else:
+        raise AssertionError('a bad b_matrix was not rejected')
+print('error messages with shapes raise cleanly')"
 step cuda-tests 120 env SOAP_CUDA_BACKEND=native "${pytest[@]}" tests -m cuda
 if [ $dry_run = 1 ]; then
   step memcheck 120 env SOAP_CUDA_BACKEND=native "${pytest[@]}" "${own_kernel_tests[@]}" \

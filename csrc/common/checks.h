@@ -7,34 +7,36 @@
 
 #include <string>
 
+#include "message.h"
+
 namespace soap_cuda {
 
 inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK(t.is_floating_point(), "soap_cuda::", op, ": argument '", arg,
+  SOAP_CHECK(t.is_floating_point(), "soap_cuda::", op, ": argument '", arg,
               "' must be a floating-point tensor, got ", t.scalar_type());
 }
 
 inline void check_dim(const char* op, const char* arg, const at::Tensor& t, int64_t dim) {
-  TORCH_CHECK(t.dim() == dim, "soap_cuda::", op, ": argument '", arg, "' must be ", dim,
+  SOAP_CHECK(t.dim() == dim, "soap_cuda::", op, ": argument '", arg, "' must be ", dim,
               "-D, got shape ", t.sizes());
 }
 
 inline void check_same_dtype(const char* op, const char* arg, const at::Tensor& t,
                              const char* ref_arg, const at::Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "soap_cuda::", op, ": argument '", arg,
+  SOAP_CHECK(t.scalar_type() == ref.scalar_type(), "soap_cuda::", op, ": argument '", arg,
               "' must have the dtype of '", ref_arg, "' (", ref.scalar_type(), "), got ",
               t.scalar_type());
 }
 
 inline void check_same_device(const char* op, const char* arg, const at::Tensor& t,
                               const char* ref_arg, const at::Tensor& ref) {
-  TORCH_CHECK(t.device() == ref.device(), "soap_cuda::", op, ": argument '", arg,
+  SOAP_CHECK(t.device() == ref.device(), "soap_cuda::", op, ": argument '", arg,
               "' must be on the device of '", ref_arg, "' (", ref.device(), "), got ",
               t.device());
 }
 
 inline void check_contiguous(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK(t.is_contiguous(), "soap_cuda::", op, ": argument '", arg,
+  SOAP_CHECK(t.is_contiguous(), "soap_cuda::", op, ": argument '", arg,
               "' must be contiguous (call .contiguous() first)");
 }
 

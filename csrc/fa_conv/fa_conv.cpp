@@ -17,31 +17,31 @@ void check_geometry(const char* op, const at::Tensor& b_matrix, int64_t spatial,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                     int64_t groups) {
   const auto check_list = [&](const char* arg, at::IntArrayRef values, int64_t min) {
-    TORCH_CHECK(static_cast<int64_t>(values.size()) == spatial, "soap_cuda::", op,
+    SOAP_CHECK(static_cast<int64_t>(values.size()) == spatial, "soap_cuda::", op,
                 ": argument '", arg, "' must have one entry per spatial dimension (", spatial,
                 "), got ", values);
     for (const int64_t v : values) {
-      TORCH_CHECK(v >= min, "soap_cuda::", op, ": argument '", arg, "' must be >= ", min,
+      SOAP_CHECK(v >= min, "soap_cuda::", op, ": argument '", arg, "' must be >= ", min,
                   ", got ", values);
     }
   };
   check_list("stride", stride, 1);
   check_list("padding", padding, 0);
   check_list("dilation", dilation, 1);
-  TORCH_CHECK(groups >= 1 && b_matrix.size(0) % groups == 0, "soap_cuda::", op,
+  SOAP_CHECK(groups >= 1 && b_matrix.size(0) % groups == 0, "soap_cuda::", op,
               ": argument 'groups' must be >= 1 and divide out_channels=", b_matrix.size(0),
               ", got ", groups);
 }
 
 void check_filters(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK(t.dim() >= 3 && t.dim() <= 5, "soap_cuda::", op, ": argument '", arg,
+  SOAP_CHECK(t.dim() >= 3 && t.dim() <= 5, "soap_cuda::", op, ": argument '", arg,
               "' must be 3-, 4- or 5-D (out_channels, in_channels / groups, *kernel_size), "
               "got shape ", t.sizes());
 }
 
 void check_input(const char* op, const at::Tensor& input, const at::Tensor& filters,
                  int64_t groups) {
-  TORCH_CHECK(input.dim() == filters.dim() && input.size(1) == filters.size(1) * groups,
+  SOAP_CHECK(input.dim() == filters.dim() && input.size(1) == filters.size(1) * groups,
               "soap_cuda::", op, ": argument 'input' must have shape (batch, ",
               filters.size(1) * groups, ", ", filters.dim() - 2, " spatial dims) for filters ",
               filters.sizes(), " and groups=", groups, ", got ", input.sizes());
@@ -58,14 +58,14 @@ void check_fa_conv_args(const at::Tensor& input, const at::Tensor& weight,
   check_filters(op, "weight", weight);
   check_same_dtype(op, "weight", weight, "input", input);
   check_same_device(op, "weight", weight, "input", input);
-  TORCH_CHECK(b_matrix.sizes() == weight.sizes(), "soap_cuda::fa_conv: argument 'b_matrix' "
+  SOAP_CHECK(b_matrix.sizes() == weight.sizes(), "soap_cuda::fa_conv: argument 'b_matrix' "
               "must have the shape of 'weight' ", weight.sizes(), ", got ", b_matrix.sizes());
   check_same_dtype(op, "b_matrix", b_matrix, "input", input);
   check_same_device(op, "b_matrix", b_matrix, "input", input);
   check_geometry(op, weight, weight.dim() - 2, stride, padding, dilation, groups);
   check_input(op, input, weight, groups);
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "soap_cuda::fa_conv: "
+    SOAP_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "soap_cuda::fa_conv: "
                 "argument 'bias' must have shape [", weight.size(0), "] (out_channels), got ",
                 bias->sizes());
     check_same_dtype(op, "bias", *bias, "input", input);
@@ -82,7 +82,7 @@ void check_fa_conv_backward_args(const at::Tensor& grad_output, const at::Tensor
   check_filters(op, "b_matrix", b_matrix);
   check_geometry(op, b_matrix, b_matrix.dim() - 2, stride, padding, dilation, groups);
   check_input(op, input, b_matrix, groups);
-  TORCH_CHECK(grad_output.dim() == input.dim() && grad_output.size(0) == input.size(0) &&
+  SOAP_CHECK(grad_output.dim() == input.dim() && grad_output.size(0) == input.size(0) &&
                   grad_output.size(1) == b_matrix.size(0),
               "soap_cuda::fa_conv_backward: argument 'grad_output' must have shape (",
               input.size(0), ", ", b_matrix.size(0), ", ...) for input ", input.sizes(),

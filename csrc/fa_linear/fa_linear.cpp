@@ -16,20 +16,20 @@ void check_fa_linear_args(const at::Tensor& input, const at::Tensor& weight,
                           const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
   constexpr const char* op = "fa_linear";
   check_floating(op, "input", input);
-  TORCH_CHECK(input.dim() >= 1, "soap_cuda::fa_linear: argument 'input' must have at least 1 "
+  SOAP_CHECK(input.dim() >= 1, "soap_cuda::fa_linear: argument 'input' must have at least 1 "
               "dimension (..., in_features), got a 0-D tensor");
   check_dim(op, "weight", weight, 2);
   check_same_dtype(op, "weight", weight, "input", input);
   check_same_device(op, "weight", weight, "input", input);
-  TORCH_CHECK(input.size(-1) == weight.size(1), "soap_cuda::fa_linear: argument 'input' must "
+  SOAP_CHECK(input.size(-1) == weight.size(1), "soap_cuda::fa_linear: argument 'input' must "
               "end in in_features=", weight.size(1), " (weight is ", weight.sizes(),
               "), got shape ", input.sizes());
-  TORCH_CHECK(b_matrix.sizes() == weight.sizes(), "soap_cuda::fa_linear: argument 'b_matrix' "
+  SOAP_CHECK(b_matrix.sizes() == weight.sizes(), "soap_cuda::fa_linear: argument 'b_matrix' "
               "must have the shape of 'weight' ", weight.sizes(), ", got ", b_matrix.sizes());
   check_same_dtype(op, "b_matrix", b_matrix, "input", input);
   check_same_device(op, "b_matrix", b_matrix, "input", input);
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "soap_cuda::fa_linear: "
+    SOAP_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "soap_cuda::fa_linear: "
                 "argument 'bias' must have shape [", weight.size(0), "] (out_features), got ",
                 bias->sizes());
     check_same_dtype(op, "bias", *bias, "input", input);
@@ -42,10 +42,10 @@ void check_fa_linear_backward_args(const at::Tensor& grad_output, const at::Tens
   constexpr const char* op = "fa_linear_backward";
   check_floating(op, "grad_output", grad_output);
   check_dim(op, "b_matrix", b_matrix, 2);
-  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == b_matrix.size(1),
+  SOAP_CHECK(input.dim() >= 1 && input.size(-1) == b_matrix.size(1),
               "soap_cuda::fa_linear_backward: argument 'input' must end in in_features=",
               b_matrix.size(1), ", got shape ", input.sizes());
-  TORCH_CHECK(grad_output.dim() == input.dim() && grad_output.size(-1) == b_matrix.size(0) &&
+  SOAP_CHECK(grad_output.dim() == input.dim() && grad_output.size(-1) == b_matrix.size(0) &&
                   grad_output.sizes().slice(0, grad_output.dim() - 1) ==
                       input.sizes().slice(0, input.dim() - 1),
               "soap_cuda::fa_linear_backward: argument 'grad_output' must have shape (..., ",

@@ -21,7 +21,7 @@ namespace {
 // B and |M| against W, and each W against weights[0].
 void check_like(const char* op, const std::string& arg, const at::Tensor& t,
                 const std::string& ref_arg, const at::Tensor& ref, bool same_shape) {
-  TORCH_CHECK(!same_shape || t.sizes() == ref.sizes(), "soap_cuda::", op, ": argument '", arg,
+  SOAP_CHECK(!same_shape || t.sizes() == ref.sizes(), "soap_cuda::", op, ": argument '", arg,
               "' must have the shape of '", ref_arg, "' ", ref.sizes(), ", got ", t.sizes());
   check_same_dtype(op, arg.c_str(), t, ref_arg.c_str(), ref);
   check_same_device(op, arg.c_str(), t, ref_arg.c_str(), ref);
@@ -50,9 +50,9 @@ void check_no_cross_layer_overlap(at::TensorList weights, at::TensorList b_matri
   for (size_t i = 0; i < n; ++i) {
     for (size_t j = 0; j < n; ++j) {
       if (j == i) continue;
-      TORCH_CHECK(!ranges_overlap(b_range[i], w_range[j]), "soap_cuda::feedback_sync_: argument "
+      SOAP_CHECK(!ranges_overlap(b_range[i], w_range[j]), "soap_cuda::feedback_sync_: argument "
                   "'b_matrices[", i, "]' must not share memory with 'weights[", j, "]'");
-      TORCH_CHECK(j < i || !ranges_overlap(b_range[i], b_range[j]), "soap_cuda::feedback_sync_: "
+      SOAP_CHECK(j < i || !ranges_overlap(b_range[i], b_range[j]), "soap_cuda::feedback_sync_: "
                   "argument 'b_matrices[", i, "]' must not share memory with 'b_matrices[", j,
                   "]'");
     }
@@ -66,20 +66,20 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
                               const at::Tensor& scales) {
   constexpr const char* op = "feedback_sync_";
   const size_t n = weights.size();
-  TORCH_CHECK(b_matrices.size() == n && magnitudes.size() == n, "soap_cuda::feedback_sync_: "
+  SOAP_CHECK(b_matrices.size() == n && magnitudes.size() == n, "soap_cuda::feedback_sync_: "
               "arguments 'weights', 'b_matrices' and 'magnitudes' must have the same length, got ",
               n, ", ", b_matrices.size(), " and ", magnitudes.size());
   check_dim(op, "scales", scales, 1);
-  TORCH_CHECK(scales.scalar_type() == at::kDouble, "soap_cuda::feedback_sync_: argument "
+  SOAP_CHECK(scales.scalar_type() == at::kDouble, "soap_cuda::feedback_sync_: argument "
               "'scales' must be float64, got ", scales.scalar_type());
-  TORCH_CHECK(static_cast<size_t>(scales.numel()) == n, "soap_cuda::feedback_sync_: argument "
+  SOAP_CHECK(static_cast<size_t>(scales.numel()) == n, "soap_cuda::feedback_sync_: argument "
               "'scales' must have one entry per layer (", n, "), got ", scales.numel());
   check_contiguous(op, "scales", scales);
   if (n == 0) return;
   const at::Tensor& first = weights[0];
   // On the CPU, the CUDA kernel takes the scales from its layer table (no device read, and the
   // caller needs no device tensor for them); on the weights' device, it reads them there.
-  TORCH_CHECK(scales.device() == first.device() || scales.is_cpu(), "soap_cuda::feedback_sync_: "
+  SOAP_CHECK(scales.device() == first.device() || scales.is_cpu(), "soap_cuda::feedback_sync_: "
               "argument 'scales' must be on the device of 'weights[0]' (", first.device(),
               ") or on the CPU, got ", scales.device());
   for (size_t i = 0; i < n; ++i) {
@@ -90,7 +90,7 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
     check_floating(op, wi.c_str(), w);
     check_like(op, wi, w, "weights[0]", first, /*same_shape=*/false);
     check_like(op, bi, b, wi, w, /*same_shape=*/true);
-    TORCH_CHECK(at::get_overlap_status(b, w) == at::MemOverlapStatus::No,
+    SOAP_CHECK(at::get_overlap_status(b, w) == at::MemOverlapStatus::No,
                 "soap_cuda::feedback_sync_: argument '", bi, "' must not be the same memory as '",
                 wi, "'");
     const c10::optional<at::Tensor> m = magnitudes.get(i);

@@ -12,6 +12,7 @@
 #include "feedback_sync.h"
 #include "feedback_sync_kernel.h"
 #include "sync_partition.h"
+#include "../common/message.h"
 
 namespace soap_cuda {
 namespace {
@@ -23,7 +24,7 @@ SyncDtype sync_dtype(at::ScalarType type) {
     case at::kHalf: return SyncDtype::kHalf;
     case at::kBFloat16: return SyncDtype::kBFloat16;
     default:
-      TORCH_CHECK(false, "soap_cuda::feedback_sync_: argument 'weights' must be float16, "
+      SOAP_CHECK(false, "soap_cuda::feedback_sync_: argument 'weights' must be float16, "
                   "bfloat16, float32 or float64 on CUDA, got ", type);
   }
 }
@@ -48,7 +49,7 @@ void feedback_sync_cuda(at::TensorList weights, at::TensorList b_matrices,
       numels, sync_vector_width(dtype) * kSyncThreads * kSyncUnroll, budget);
   const int64_t total_blocks = first[n];
   if (total_blocks == 0) return bump_versions(b_matrices);  // every layer empty
-  TORCH_CHECK(total_blocks <= int64_t{0x7fffffff}, "soap_cuda::feedback_sync_: too many "
+  SOAP_CHECK(total_blocks <= int64_t{0x7fffffff}, "soap_cuda::feedback_sync_: too many "
               "blocks (", total_blocks, ")");
 
   // Layer table: built in pinned host memory and copied on the current stream; the pinned-memory

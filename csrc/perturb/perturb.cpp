@@ -14,7 +14,7 @@
 namespace soap_cuda {
 
 static void check_float_or_double(const char* op, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "soap_cuda::", op,
+  SOAP_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "soap_cuda::", op,
               ": argument '", arg, "' must be float32 or float64, got ", t.scalar_type());
 }
 
@@ -27,17 +27,17 @@ std::tuple<Activation, int64_t> check_perturbed_bias_act_args(
     int64_t num_perturb, bool antithetic, c10::string_view activation) {
   check_float_or_double(op, "pre", pre);
   check_dim(op, "pre", pre, 2);
-  TORCH_CHECK(num_perturb >= 0, "soap_cuda::", op, ": argument 'num_perturb' must be >= 0, got ",
+  SOAP_CHECK(num_perturb >= 0, "soap_cuda::", op, ": argument 'num_perturb' must be >= 0, got ",
               num_perturb);
-  TORCH_CHECK(!antithetic || num_perturb % 2 == 0, "soap_cuda::", op, ": argument "
+  SOAP_CHECK(!antithetic || num_perturb % 2 == 0, "soap_cuda::", op, ": argument "
               "'num_perturb' must be even with antithetic pairs, got ", num_perturb);
-  TORCH_CHECK(pre.size(0) % (num_perturb + 1) == 0, "soap_cuda::", op, ": argument 'pre' must "
+  SOAP_CHECK(pre.size(0) % (num_perturb + 1) == 0, "soap_cuda::", op, ": argument 'pre' must "
               "have (num_perturb + 1) * batch rows, got ", pre.size(0), " rows for num_perturb=",
               num_perturb);
-  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, "soap_cuda::", op, ": argument 'sigma' must "
+  SOAP_CHECK(std::isfinite(sigma) && sigma >= 0, "soap_cuda::", op, ": argument 'sigma' must "
               "be finite and >= 0, got ", sigma);
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == pre.size(1), "soap_cuda::", op,
+    SOAP_CHECK(bias->dim() == 1 && bias->size(0) == pre.size(1), "soap_cuda::", op,
                 ": argument 'bias' must have shape [", pre.size(1), "] (width), got ",
                 bias->sizes());
     check_same_dtype(op, "bias", *bias, "pre", pre);
@@ -53,7 +53,7 @@ std::tuple<Activation, int64_t> check_perturbed_bias_act_args(
   } else if (activation == "sigmoid") {
     act = Activation::kSigmoid;
   } else {
-    TORCH_CHECK(false, "soap_cuda::", op, ": argument 'activation' must be one of identity, "
+    SOAP_CHECK(false, "soap_cuda::", op, ": argument 'activation' must be one of identity, "
                 "relu, tanh, sigmoid, got '", std::string(activation), "'");
   }
   return std::make_tuple(act, pre.size(0) / (num_perturb + 1));
@@ -64,7 +64,7 @@ void check_written_in_place(const char* op, const at::Tensor& pre,
   check_contiguous(op, "pre", pre);
   // A non-contiguous bias is copied before the kernel runs; a contiguous one is read in place.
   if (bias.has_value() && bias->defined() && bias->is_contiguous()) {
-    TORCH_CHECK(at::get_overlap_status(*bias, pre) == at::MemOverlapStatus::No, "soap_cuda::",
+    SOAP_CHECK(at::get_overlap_status(*bias, pre) == at::MemOverlapStatus::No, "soap_cuda::",
                 op, ": argument 'bias' must not share memory with 'pre', which is written in "
                 "place");
   }
@@ -73,14 +73,14 @@ void check_written_in_place(const char* op, const at::Tensor& pre,
 int64_t check_perturb_estimate_args(const char* op, const at::Tensor& losses, int64_t width,
                                     double sigma, bool antithetic) {
   check_float_or_double(op, "losses", losses);
-  TORCH_CHECK(losses.dim() == 2 && losses.size(0) >= 2, "soap_cuda::", op, ": argument 'losses'"
+  SOAP_CHECK(losses.dim() == 2 && losses.size(0) >= 2, "soap_cuda::", op, ": argument 'losses'"
               " must be 2-D [num_perturb + 1, batch] with num_perturb >= 1, got shape ",
               losses.sizes());
   const int64_t num_perturb = losses.size(0) - 1;
-  TORCH_CHECK(!antithetic || num_perturb % 2 == 0, "soap_cuda::", op, ": argument 'losses' must "
+  SOAP_CHECK(!antithetic || num_perturb % 2 == 0, "soap_cuda::", op, ": argument 'losses' must "
               "have an even num_perturb with antithetic pairs, got ", num_perturb);
-  TORCH_CHECK(width >= 0, "soap_cuda::", op, ": argument 'width' must be >= 0, got ", width);
-  TORCH_CHECK(std::isfinite(sigma) && sigma > 0, "soap_cuda::", op, ": argument 'sigma' must "
+  SOAP_CHECK(width >= 0, "soap_cuda::", op, ": argument 'width' must be >= 0, got ", width);
+  SOAP_CHECK(std::isfinite(sigma) && sigma > 0, "soap_cuda::", op, ": argument 'sigma' must "
               "be finite and > 0, got ", sigma);
   return num_perturb;
 }
@@ -91,7 +91,7 @@ void check_node_perturb_grad_args(const at::Tensor& losses, const at::Tensor& in
   check_perturb_estimate_args(op, losses, out_features, sigma, antithetic);
   check_float_or_double(op, "input", input);
   check_dim(op, "input", input, 2);
-  TORCH_CHECK(input.size(0) == losses.size(1), "soap_cuda::node_perturb_grad: argument 'input' "
+  SOAP_CHECK(input.size(0) == losses.size(1), "soap_cuda::node_perturb_grad: argument 'input' "
               "must have one row per example of 'losses' (", losses.size(1), "), got shape ",
               input.sizes());
   check_same_device(op, "input", input, "losses", losses);
