@@ -2,8 +2,8 @@
 # The project's one GPU check, for a machine with a CUDA GPU and no internet, in one call that
 # leaves room for a second inside a 15-minute lease: build the CUDA extension against the
 # installed torch, check the backend, the CUDA tests first (so they come back even if a later
-# step is cut), the CUDA tests of our own kernels under compute-sanitizer memcheck, the rest of
-# the suite, the benchmark report and the host-overhead breakdown.
+# step is cut), the CUDA tests of our own kernels under compute-sanitizer memcheck, the benchmark
+# report, the host-overhead breakdown, and last the CPU suite (the slowest step, cut first).
 #
 #   bash benchmarks/gpu.sh [--dry-run] [OUTDIR]     # OUTDIR: default $OUT if set, else gpu-results/
 #
@@ -11,11 +11,13 @@
 # sanitizer step runs its tests without the sanitizer, the report and overhead run on the CPU at
 # their smallest sizes; the build, backend and test steps run as they are (CUDA tests skip).
 #
-# Expected time of each step on an H100 machine (16 cores; limit in brackets):
-#   nvidia-smi 2 s [20] | build 40 s [180] (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0) | backend 5 s
-#   [60] | cuda-tests 40 s [120] | memcheck 60 s [120] | other-tests 60 s [150] | report 90 s
-#   [150] | overhead 20 s [60]: about 5.5 minutes in all, 7 at most. The steps share a 420 s
-#   budget (GPU_SH_BUDGET); a step gets what is left, at most its own limit.
+# Time of each step on an H200 machine (16 cores), measured 2026-11-27; limit in brackets:
+#   nvidia-smi 0 s [20] | build 35 s [180] (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0; 13 s when
+#   already built) | backend 10 s [60] | cuda-tests 20 s [120] | memcheck 15 s [120] |
+#   report 50 s [150] | overhead 15 s [60] | other-tests, the whole CPU suite, about 200 s (140 s
+#   for its first third, which includes the torch.compile tests) [240]: about 6 minutes in all.
+#   The steps share a 420 s budget (GPU_SH_BUDGET); a step gets what is left, at most its own
+#   limit, so a slow CPU suite is cut before it can starve the report.
 #
 # Test selection: tests/conftest.py marks `cuda` every test whose name or parameters say cuda.
 # OUTDIR receives at most 5 files, no subfolders (a copy-back limit on the lent machines), each
@@ -111,10 +113,6 @@ else
     compute-sanitizer --tool memcheck --error-exitcode $sanitizer_exit \
     "${pytest[@]}" "${own_kernel_tests[@]}" -m "cuda and not allocator_stats"
 fi
-# GPU_SH_OTHER_TESTS: the test paths of this step (default all of tests/), for a rerun that
-# has no time for the whole CPU suite (CI runs it on every change anyway).
-read -r -a other_tests <<<"${GPU_SH_OTHER_TESTS:-tests}"
-step other-tests 150 env SOAP_CUDA_BACKEND=native "${pytest[@]}" "${other_tests[@]}" -m "not cuda"
 if [ $dry_run = 1 ]; then
   step report 150 "$python" -m benchmarks.report --device cpu --tiny --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cpu --reps 20 > '$outdir/overhead-cpu.md'"
@@ -122,6 +120,10 @@ else
   step report 150 "$python" -m benchmarks.report --device cuda --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cuda > '$outdir/overhead-cuda.md'"
 fi
+# GPU_SH_OTHER_TESTS: the test paths of this step (default all of tests/), for a rerun that
+# has no time for the whole CPU suite (CI runs it on every change anyway).
+read -r -a other_tests <<<"${GPU_SH_OTHER_TESTS:-tests}"
+step other-tests 240 env SOAP_CUDA_BACKEND=native "${pytest[@]}" "${other_tests[@]}" -m "not cuda"
 
 for f in report-cuda.md overhead-cuda.md report-cpu.md overhead-cpu.md; do
   [ -f "$outdir/$f" ] && { echo; cat "$outdir/$f"; } >>"$summary"
