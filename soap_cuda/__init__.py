@@ -3,6 +3,7 @@ from . import ops  # noqa: F401  (registers fake/autograd/default kernels of eve
 from . import metrics
 from ._library import backend, fallback_reason
 from .convert import convert
+from .dfa import enable_dfa
 from .feedback import FEEDBACK_RULES, backprop_mode, schedule_paused, sync_feedback
 from .conv import FAConv1d, FAConv2d, FAConv3d
 from .functional import fa_conv, fa_linear
@@ -10,6 +11,6 @@ from .modules import FALinear
 
 __version__ = "0.1.0"
 
-__all__ = ["FAConv1d", "FAConv2d", "FAConv3d", "FALinear", "FEEDBACK_RULES", "backend",
+__all__ = ["FAConv1d", "FAConv2d", "FAConv3d", "FALinear", "FEEDBACK_RULES", "backend", "enable_dfa",
            "backprop_mode", "convert", "fa_conv", "fa_linear",
            "fallback_reason", "metrics", "schedule_paused", "sync_feedback", "__version__"]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import dfa
 from .feedback_layer import FeedbackLayerMixin
 from .functional import fa_conv
 
@@ -22,11 +23,15 @@ class _FAConvNd(FeedbackLayerMixin):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None, *, feedback: str = "fa", sync_every: int | None = None,
-                 sync_at_start: bool = False, feedback_seed: int | None = None) -> None:
+                 sync_at_start: bool = False, feedback_seed: int | None = None,
+                 dfa_outputs: int | None = None, dfa_input_shape=None) -> None:
         self._torch_class.__init__(self, in_channels, out_channels, kernel_size, stride,
                                    padding, dilation, groups, bias, padding_mode, device, dtype)
-        self._configure_feedback(feedback, sync_every, sync_at_start)
-        self._register_feedback_buffers(self.weight.shape, {"device": device, "dtype": dtype})
+        self._configure_feedback(feedback, sync_every, sync_at_start, dfa_outputs,
+                                 dfa_input_shape)
+        shape = dfa.dfa_shape(self, dfa_outputs, dfa_input_shape) if feedback == "dfa" \
+            else self.weight.shape
+        self._register_feedback_buffers(shape, {"device": device, "dtype": dtype})
         self._reset_feedback()
         self._set_feedback_seed(feedback_seed)
 
@@ -39,6 +44,9 @@ class _FAConvNd(FeedbackLayerMixin):
     def forward(self, input: Tensor) -> Tensor:
         if self._schedule_runs():
             self._advance_schedule(input.shape[0] if input.dim() == self.weight.dim() else 1)
+        if self.feedback == "dfa" and self.feedback_override is None:
+            return self._dfa_forward(
+                input, lambda x: self._torch_class._conv_forward(self, x, self.weight, self.bias))
         return self._conv_forward(input, self.weight, self.bias)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

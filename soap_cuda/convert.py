@@ -9,6 +9,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import dfa
 from .conv import FAConv1d, FAConv2d, FAConv3d
 from .feedback_layer import FeedbackLayerMixin
 from .modules import FALinear
@@ -37,7 +38,7 @@ def _describe(layer) -> str:
 
 def convert(model: nn.Module, *, inplace: bool = False, generator: torch.Generator | None = None,
             skip: tuple[str, ...] = (), verbose: bool = False, return_swapped: bool = False,
-            **layer_kwargs):
+            example_input=None, **layer_kwargs):
     """Return `model` with each `nn.Linear` and `nn.Conv1d/2d/3d` replaced by its FA twin.
 
     Every such layer anywhere in the module tree is swapped (nested Sequentials, ModuleDicts,
@@ -51,9 +52,16 @@ def convert(model: nn.Module, *, inplace: bool = False, generator: torch.Generat
     owner calls without running its forward) are named in a warning: they keep learning by
     backprop. What was swapped is logged on the "soap_cuda" logger, printed when `verbose`, and
     returned as a list of qualified names when `return_swapped`.
+
+    `feedback="dfa"` (direct feedback alignment) sizes each layer's B from the network: one
+    no-grad forward of `example_input` gives the output size and every conv layer's input shape
+    (without it, the output size is the out_features of the last nn.Linear, and conv layers are
+    an error); the returned model is set up with `soap_cuda.enable_dfa`.
     """
     if not inplace:
         model = copy.deepcopy(model)
+    use_dfa = layer_kwargs.get("feedback") == "dfa"
+    dfa_plan = dfa.plan_sizes(model, example_input, tuple(_TWINS)) if use_dfa else {}
     swapped, left = [], []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -65,7 +73,8 @@ def convert(model: nn.Module, *, inplace: bool = False, generator: torch.Generat
                 if isinstance(child, _NOT_CONVERTED):
                     left.append(f"{qualified} ({type(child).__name__})")
                 continue
-            layer = build(child, generator=generator, **layer_kwargs)
+            layer = build(child, generator=generator, **layer_kwargs,
+                          **dfa_plan.get(qualified, {}))
             setattr(module, child_name, layer)
             swapped.append(qualified)
             line = f"soap_cuda.convert: {qualified}: {_describe(child)} -> {type(layer).__name__}"
@@ -77,4 +86,6 @@ def convert(model: nn.Module, *, inplace: bool = False, generator: torch.Generat
                       "learning by backprop: " + ", ".join(left), stacklevel=2)
     if not swapped:
         log.warning("soap_cuda.convert: the model has no nn.Linear or nn.Conv layer to swap")
+    if use_dfa:
+        dfa.enable_dfa(model)
     return (model, swapped) if return_swapped else model

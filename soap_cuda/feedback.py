@@ -10,6 +10,8 @@ Rules (the `feedback=` option of FALinear):
   "kolen_pollack"  B is a parameter that receives W's gradient, so it gets the same updates as
                    W (and its own weight decay): B - W decays and B converges towards W without
                    weight transport (Akrout et al. 2019)
+  "dfa"            direct feedback alignment (Nokland 2016): the layer's input error is e @ B,
+                   e the network's output error and B (out, k) fixed; see soap_cuda.dfa
 sign(0) = 0 (as torch.sign), and a NaN weight gives a NaN feedback entry (it is not hidden).
 
 `sync_every=T` counts training examples; see FALinear. `sync_feedback(model)` syncs every
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 FEEDBACK_RULES = ("fa", "sign", "rescaled_sign", "scaled_sign", "random_sign", "bp",
-                  "kolen_pollack")
+                  "kolen_pollack", "dfa")
 SYNC_RULES = ("sign", "rescaled_sign", "scaled_sign", "random_sign")
 
 

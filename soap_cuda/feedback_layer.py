@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from torch.nn import init
 
+from . import dfa
 from . import feedback as fb
 
 _EXTRA_KEYS = ("b_init", "b_init_norm", "_extra_state")
@@ -20,8 +21,12 @@ def world_size() -> int:
 class FeedbackLayerMixin:
     """Mixed into an nn.Module that has `weight` (and optionally `bias`) parameters."""
 
-    def _configure_feedback(self, feedback: str, sync_every, sync_at_start: bool) -> None:
+    def _configure_feedback(self, feedback: str, sync_every, sync_at_start: bool,
+                            dfa_outputs=None, dfa_input_shape=None) -> None:
         fb.check_rule(feedback, sync_every)
+        if feedback != "dfa" and (dfa_outputs is not None or dfa_input_shape is not None):
+            raise ValueError(f"dfa_outputs and dfa_input_shape are for feedback='dfa', not "
+                             f"{feedback!r}")
         self.feedback = feedback
         self.sync_every = sync_every
         self.sync_at_start = sync_at_start
@@ -29,8 +34,8 @@ class FeedbackLayerMixin:
         self.sync_count = 0
         self.schedule_paused = False
         self.feedback_override = None  # "bp" inside soap_cuda.feedback.backprop_mode()
-        # the hot path reads a buffer B straight from _buffers (not under bp or Kolen-Pollack)
-        self._b_in_buffers = feedback not in ("bp", "kolen_pollack")
+        # the hot path reads a buffer B straight from _buffers (not under bp, Kolen-Pollack, DFA)
+        self._b_in_buffers = feedback not in ("bp", "kolen_pollack", "dfa")
 
     def _register_feedback_buffers(self, shape, factory) -> None:
         if self.feedback == "kolen_pollack":
@@ -79,11 +84,21 @@ class FeedbackLayerMixin:
     def _draw_feedback(self, generator: torch.Generator) -> None:
         """B from `generator` (xavier-normal), for reproducible conversions."""
         w = self.weight
-        std = fb.xavier_std(self)
-        b = torch.randn(w.shape, generator=generator, device=generator.device, dtype=w.dtype)
+        std = dfa.xavier_std(self.b_matrix) if self.feedback == "dfa" else fb.xavier_std(self)
+        b = torch.randn(self.b_matrix.shape, generator=generator, device=generator.device,
+                        dtype=w.dtype)
         with torch.no_grad():
             self.b_matrix.copy_(b * std)
         self._record_initial_feedback()
+
+    def _dfa_forward(self, input: Tensor, compute) -> Tensor:
+        """Under DFA: the layer's output from a detached input (autograd computes no grad_input
+        here; dfa.py delivers it from the network's output error), recorded on the tape."""
+        if not torch.is_grad_enabled():
+            return compute(input)
+        output = compute(input.detach())
+        dfa.record(self, input, output)
+        return output
 
     @property
     def feedback_matrix(self) -> Tensor:

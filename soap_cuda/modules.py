@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
+from . import dfa
 from .feedback_layer import FeedbackLayerMixin
 from .functional import fa_linear
 
@@ -22,7 +24,8 @@ class FALinear(FeedbackLayerMixin, nn.Module):
 
     Feedback rules (`feedback=`, see `soap_cuda.feedback`): "fa" (fixed B, default), "sign",
     "rescaled_sign", "scaled_sign", "random_sign", "bp", "kolen_pollack" (B is then a
-    parameter that receives W's gradient). With a sync rule and `sync_every=T`,
+    parameter that receives W's gradient), "dfa" (direct feedback alignment: B has shape
+    (dfa_outputs, in_features), dfa_outputs the network's output size; see soap_cuda.dfa). With a sync rule and `sync_every=T`,
     B is synced from W each time the count of training examples reaches a multiple of T: a
     forward pass in training mode with grad enabled counts its leading dimension (the batch;
     one example for 1-D input; times the world size under torch.distributed, so T counts
@@ -36,9 +39,10 @@ class FALinear(FeedbackLayerMixin, nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device=None, dtype=None, *, feedback: str = "fa", sync_every: int | None = None,
-                 sync_at_start: bool = False, feedback_seed: int | None = None) -> None:
+                 sync_at_start: bool = False, feedback_seed: int | None = None,
+                 dfa_outputs: int | None = None) -> None:
         super().__init__()
-        self._configure_feedback(feedback, sync_every, sync_at_start)
+        self._configure_feedback(feedback, sync_every, sync_at_start, dfa_outputs)
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.out_features = out_features
@@ -47,7 +51,9 @@ class FALinear(FeedbackLayerMixin, nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
-        self._register_feedback_buffers((out_features, in_features), factory)
+        self._register_feedback_buffers(
+            dfa.dfa_shape(self, dfa_outputs) if feedback == "dfa" else (out_features, in_features),
+            factory)
         self.reset_parameters()
         self._set_feedback_seed(feedback_seed)
 
@@ -75,6 +81,8 @@ class FALinear(FeedbackLayerMixin, nn.Module):
         bias = params["bias"] if "bias" in params else self.bias
         if self.feedback_override is None and self._b_in_buffers:  # the common case, first
             return fa_linear(input, weight, bias, self._buffers["b_matrix"])
+        if self.feedback_override is None and self.feedback == "dfa":
+            return self._dfa_forward(input, lambda x: F.linear(x, weight, bias))
         return fa_linear(input, weight, bias, self.feedback_matrix)
 
     def extra_repr(self) -> str:

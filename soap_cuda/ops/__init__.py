@@ -6,3 +6,4 @@ from . import fa_linear  # noqa: F401
 from . import perturb  # noqa: F401
 from . import fa_conv  # noqa: F401
 from . import feedback_sync  # noqa: F401
+from . import dfa_project  # noqa: F401
