@@ -1,6 +1,8 @@
 """Feedback rules at the cost of a whole SGD train step, against nn.Linear backprop: the
 784-1024-1024-1024-1024-10 MLP at batch 128. "fa" is the cost of FA itself; "kolen_pollack"
-adds B's update (same gradient, one more optimizer tensor per layer)."""
+adds B's update (same gradient, one more optimizer tensor per layer); "dfa" needs no
+layer-to-layer error: one GEMM per layer in the backward (weight gradient) where backprop does
+two, plus one small GEMM of the output error against every B."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ import soap_cuda
 
 from .train_steps import TrainSteps, fixed_batch
 
-KINDS = ("nn.Linear", "fa", "kolen_pollack")
+KINDS = ("nn.Linear", "fa", "kolen_pollack", "dfa")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ def workload(shape: RulesShape, device, dtype=torch.float32) -> TrainSteps:
     torch.manual_seed(0)
     base = _mlp(shape.dims, device, dtype)
     models = {"nn.Linear": base, "fa": soap_cuda.convert(base),
-              "kolen_pollack": soap_cuda.convert(base, feedback="kolen_pollack")}
+              "kolen_pollack": soap_cuda.convert(base, feedback="kolen_pollack"),
+              "dfa": soap_cuda.convert(base, feedback="dfa")}
     return TrainSteps(models, *fixed_batch(shape.batch, shape.dims[:1], shape.dims[-1], device,
                                            dtype))

@@ -146,4 +146,5 @@ def run_rules(device: str, dtypes, shapes, plan: Plan) -> list[dict]:
     return _train_steps(device, dtypes, shapes, rules, rules.KINDS, plan, lambda shape, ms: {
         "shape": shape.name, "batch": shape.batch,
         "fa_over_bp": ms["fa"] / ms["nn.Linear"],
-        "kp_over_fa": ms["kolen_pollack"] / ms["fa"]})
+        "kp_over_fa": ms["kolen_pollack"] / ms["fa"],
+        "dfa_over_bp": ms["dfa"] / ms["nn.Linear"]})

@@ -160,9 +160,13 @@ def plan_sizes(model: nn.Module, example_input, twins: tuple) -> dict:
             return {}
         return {name: {"dfa_outputs": linear[-1].out_features} for name in layers}
     shapes = {}
-    hooks = [m.register_forward_hook(
-        lambda mod, args, out, name=name: shapes.setdefault(name, tuple(args[0].shape)))
-        for name, m in layers.items()]
+
+    def remember(name):
+        def hook(module, args, output):
+            shapes.setdefault(name, tuple(args[0].shape))  # returns None: output unchanged
+        return hook
+
+    hooks = [m.register_forward_hook(remember(name)) for name, m in layers.items()]
     try:
         with torch.no_grad():
             output = model(example_input)

@@ -20,7 +20,10 @@ from .feedback import backprop_mode, feedback_layers, schedule_paused
 
 
 def angle_deg(a: Tensor, b: Tensor) -> float:
-    """Angle between two tensors seen as vectors, in degrees (nan if either is zero)."""
+    """Angle between two tensors seen as vectors, in degrees (nan if either is zero, or if
+    their shapes differ)."""
+    if a.shape != b.shape:
+        return math.nan
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
     denom = a.norm() * b.norm()
     if denom == 0:
@@ -30,6 +33,8 @@ def angle_deg(a: Tensor, b: Tensor) -> float:
 
 
 def norm_ratio(a: Tensor, b: Tensor) -> float:
+    if a.shape != b.shape:
+        return math.nan
     nb = b.detach().double().norm().item()
     return a.detach().double().norm().item() / nb if nb else math.nan
 
@@ -41,9 +46,14 @@ def _names(model: nn.Module) -> dict:
 
 
 def feedback_alignment(model: nn.Module) -> dict[str, dict[str, float]]:
-    """{layer name: {"angle_deg": angle(B, W), "norm_ratio": ||B|| / ||W||}}."""
-    return {name: {"angle_deg": angle_deg(layer.feedback_matrix, layer.weight),
-                   "norm_ratio": norm_ratio(layer.feedback_matrix, layer.weight)}
+    """{layer name: {"angle_deg": angle(B, W), "norm_ratio": ||B|| / ||W||}}; nan for a DFA
+    layer, whose B (network outputs x inputs) has no W of its shape to compare with (its
+    alignment is error_signal_alignment's)."""
+    def compare(layer, measure):
+        if layer.feedback == "dfa":  # B maps the network's error, not this layer's: no W to match
+            return math.nan
+        return measure(layer.feedback_matrix, layer.weight)
+    return {name: {"angle_deg": compare(layer, angle_deg), "norm_ratio": compare(layer, norm_ratio)}
             for layer, name in _names(model).items()}
 
 
