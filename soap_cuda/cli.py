@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feedback rule: bp = exact backprop through the same layer code; fa = "
                         "fixed random B; sign: B<-sign(W); rescaled_sign: B<-|B0|sign(W); "
                         "scaled_sign: B<-s*sign(W) with ||B||=||B0||; random_sign: "
-                        "B<-|M|sign(W); soap: FA layers + soap_cuda.optim.SOAP (if installed)")
+                        "B<-|M|sign(W); kolen_pollack: B gets W's updates; dfa: direct "
+                        "feedback alignment (each layer's error e @ B from the output error e); "
+                        "soap: FA layers + soap_cuda.optim.SOAP (if installed)")
     t.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (default 0.01)")
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     t.add_argument("--seed", type=int, default=0,

@@ -38,13 +38,16 @@ def build_mlp(in_features: int, hidden: list[int] | tuple[int, ...], num_classes
             kwargs = {"feedback": feedback, "sync_every": sync_every if synced else None}
             if synced and sync_at_start:
                 kwargs["sync_at_start"] = True
+            if feedback == "dfa":  # B maps the network's output error: (classes, in)
+                kwargs["dfa_outputs"] = num_classes
         elif feedback != "fa":
             raise RuntimeError(f"rule {rule!r} needs FALinear(feedback=...), which this "
                                f"soap_cuda ({soap_cuda.__version__}) does not have")
         layers.append((f"fc{i}", soap_cuda.FALinear(a, b, device=device, **kwargs)))
         if i < len(sizes) - 1:
             layers.append((f"act{i}", ACTIVATIONS[activation]()))
-    return nn.Sequential(OrderedDict(layers))
+    model = nn.Sequential(OrderedDict(layers))
+    return soap_cuda.enable_dfa(model) if feedback == "dfa" else model
 
 
 MODELS = ("mlp", "lenet", "resnet20")
@@ -68,6 +71,8 @@ def build_conv(name: str, image_shape, num_classes: int, rule: str = "fa",
     kwargs = {"feedback": feedback, "sync_every": sync_every if synced else None}
     if synced and sync_at_start:
         kwargs["sync_at_start"] = True
+    if feedback == "dfa":  # sizes every B from one example's shapes
+        kwargs["example_input"] = torch.zeros(1, *image_shape)
     model = nn.Sequential(OrderedDict([("image", nn.Unflatten(1, tuple(image_shape))),
                                        ("net", soap_cuda.convert(net, **kwargs))]))
     return model.to(device)
