@@ -3,6 +3,9 @@
 schedule, exact resume through the state_dict, and the rule override of backprop_mode()."""
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 from torch import Tensor
 from torch.nn import init
@@ -11,6 +14,21 @@ from . import dfa
 from . import feedback as fb
 
 _EXTRA_KEYS = ("b_init", "b_init_norm", "_extra_state")
+
+
+def _compiler_disabled(fn):
+    """`torch.compiler.disable(fn)` (a compiled model runs the schedule eagerly, outside its
+    graphs) without importing torch._dynamo: that import costs seconds, and a model that is
+    never compiled has no use for it. Until something has imported torch._dynamo nothing can
+    be compiling, so the plain function runs; after, torch's lazily disabled twin does."""
+    disabled = getattr(torch, "_disable_dynamo", torch.compiler.disable)(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if "torch._dynamo" in sys.modules:
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return call
 
 
 def world_size() -> int:
@@ -110,7 +128,7 @@ class FeedbackLayerMixin:
         return self.training and (self.sync_every is not None or self.sync_at_start) \
             and not self.schedule_paused and torch.is_grad_enabled()
 
-    @torch.compiler.disable
+    @_compiler_disabled
     def _advance_schedule(self, batch: int) -> None:
         before = self.examples_seen
         self.examples_seen = before + batch * world_size()

@@ -47,3 +47,14 @@ def test_bad_backend_value_is_refused():
     proc = subprocess.run([sys.executable, "-c", "import soap_cuda"], env=env,
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "SOAP_CUDA_BACKEND must be one of" in proc.stderr
+
+
+def test_import_leaves_torch_dynamo_unloaded():
+    """torch._dynamo costs seconds to import; soap_cuda needs it only once something compiles
+    (the sync schedule is then excluded from graphs), so importing soap_cuda must not load it."""
+    code = ("import sys, soap_cuda, torch\n"
+            "m = torch.nn.Sequential(soap_cuda.FALinear(3, 2, feedback='sign', sync_every=2))\n"
+            "m(torch.randn(4, 3)).sum().backward()\n"
+            "assert m[0].sync_count == 1, m[0].sync_count\n"
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
