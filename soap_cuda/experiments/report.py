@@ -188,6 +188,20 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
           "larger effective per-layer learning rate, not by a better error direction. "
           "`rescaled_sign` keeps B's original magnitudes and so isolates the direction.", ""]
 
+    # ---- the same control for every other gain-matched rule (--gain-match dfa, ...)
+    others = [name for name in contrasts if name.startswith("gain_matched_")
+              and not name.startswith("gain_matched_sign_")]
+    if others:
+        L += ["## 2b. Other rules against backprop with their per-layer gains", "",
+              "Each rule's measured error-signal norm ratios, given to backprop as per-layer "
+              "learning-rate multipliers: whatever difference is left is the error "
+              "direction's.", ""]
+    for name in others:
+        c = contrasts[name]
+        rule = [m["arm"] for m in c["members"] if m["arm"] not in (c["ref"], "bp")][0]
+        L += [f"### {c['title']}", "", "- " + _sentence(c, rule), ""]
+        L += _contrast_table(c) + ["", f"![{name}]({rel(figs[name])})", ""]
+
     # ---- question 3
     L += ["## 3. Error-signal alignment and gain", ""]
     L += ["Angle between the error signal each layer receives (dL/d output) and the one "
