@@ -15,8 +15,8 @@ BASE = dict(dataset="digits", hidden=[16], epochs=1, batch_size=16, train_exampl
 
 
 def spec(**kw):
-    d = dict(rules=["bp", "fa", "sign"], lrs=[0.01, 0.1], seeds=2, fixed_lr=0.01,
-             gain_match=["sign"], adam_rules=["bp", "sign"], adam_lrs=[1e-3], max_extend=1,
+    d = dict(rules=["bp", "fa", "sign", "dfa"], lrs=[0.01, 0.1], seeds=2, fixed_lr=0.01,
+             gain_match=["sign", "dfa"], adam_rules=["bp", "sign"], adam_lrs=[1e-3], max_extend=1,
              base=BASE)
     d.update(kw)
     return SweepSpec(**d)
@@ -32,7 +32,8 @@ def swept(tmp_path_factory, single_torch_thread):
 def test_sweep_bookkeeping(swept):
     out, result = swept
     arms = {a["label"]: a for a in result["arms"]}
-    assert set(arms) == {"bp", "fa", "sign", gain_matched_label("sign"), "bp+adam", "sign+adam"}
+    assert set(arms) == {"bp", "fa", "sign", "dfa", gain_matched_label("sign"),
+                         gain_matched_label("dfa"), "bp+adam", "sign+adam"}
     # A single-lr Adam grid has its best "at the edge" by definition: it must have been extended
     # once and then flagged.
     assert len(arms["bp+adam"]["lrs"]) == 3 and "added lr 0.000316, 0.00316" in \
@@ -56,7 +57,8 @@ def test_contrasts(swept):
     _, result = swept
     cs = {c["name"]: c for c in result["analysis"]["contrasts"]}
     assert set(cs) == {"sgd_fixed_lr", "sgd_best_lr", "gain_matched_sign_fixed_lr",
-                       "gain_matched_sign_best_lr", "adam_best_lr"}
+                       "gain_matched_sign_best_lr", "gain_matched_dfa_fixed_lr",
+                       "gain_matched_dfa_best_lr", "adam_best_lr"}
     for c in cs.values():
         ref = next(m for m in c["members"] if m["arm"] == c["ref"])
         assert ref["verdict"] == "reference"
@@ -75,7 +77,8 @@ def test_report_writes_markdown_and_pngs(swept):
     path = write_report(out, target_loss=1.5)  # one call: rendering is the slow part
     text = path.read_text()
     assert "Target training loss 1.5 (set by the user)" in text
-    for heading in ("## 1.", "## 2.", "## 3.", "gain-matched", "Adam"):
+    for heading in ("## 1.", "## 2.", "## 2b.", "### dfa vs gain-matched backprop", "## 3.",
+                    "gain-matched", "Adam"):
         assert heading in text
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert {"lr_sensitivity.png", "alignment.png", "gains.png",
