@@ -121,6 +121,14 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
                    help="evaluate every N training examples (default: " +
                         (f"{eval_every_default}" if eval_every_default else "20 times per epoch")
                         + ")")
+    g.add_argument("--eval-examples", type=int, default=1000, metavar="N",
+                   help="examples of each split an evaluation looks at: a fixed random subset, "
+                        "the same for every run; the final evaluation takes the whole test set "
+                        "(default 1000; 0 = the whole splits every time, as before)")
+    g.add_argument("--align-every", type=_positive_int, default=4, metavar="K",
+                   help="measure alignment (B-W angles, error signals against backprop on the "
+                        "probe batch) at every K-th evaluation, and at the first and last "
+                        "(default 4)")
     g.add_argument("--probe-examples", type=_positive_int, default=512, metavar="N",
                    help="training examples used to measure error-signal alignment (default 512)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
@@ -132,6 +140,7 @@ def _base(args) -> dict:
             "activation": args.activation, "dataset": args.dataset, "data_dir": args.data_dir,
             "download": args.download, "train_examples": args.train_examples,
             "test_examples": args.test_examples, "eval_every": args.eval_every,
+            "eval_examples": args.eval_examples, "align_every": args.align_every,
             "probe_examples": args.probe_examples, "momentum": args.momentum,
             "weight_decay": args.weight_decay, "device": args.device}
 
@@ -170,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default results/train/RULE_lrLR_seedS)")
     t.add_argument("--resume", action="store_true",
                    help="continue from DIR/checkpoint.pt (e.g. after raising --epochs)")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="K",
-                   help="write the checkpoint every K evaluations (default 1)")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="K",
+                   help="write the checkpoint every K evaluations (default: at the first "
+                        "evaluation 30 s or more after the last checkpoint, and at the end)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sweep", help="rules x learning rates x seeds, with controls, then report",

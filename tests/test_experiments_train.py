@@ -130,3 +130,42 @@ def test_config_errors():
         TrainConfig(lr=0)
     with pytest.raises(ConfigError, match="momentum"):
         make_optimizer(build_mlp(4, [2], 2), "fa", "adam", 0.1, momentum=0.9)
+
+
+def test_evaluations_use_fixed_subsets_and_the_final_one_the_whole_test_set(digits):
+    recs = train(cfg(eval_examples=100), data=digits)
+    ev = evals(recs)
+    assert all(r["eval_examples"] == [100, 64] for r in ev[:-1])  # test split (64) is smaller
+    assert ev[-1]["eval_examples"] == [100, 64]
+    full = evals(train(cfg(eval_examples=0), data=digits))
+    assert all(r["eval_examples"] == [256, 64] for r in full)
+    # the same examples for every run: the seed changes the model, not the evaluation subset
+    from soap_cuda.experiments.train import eval_subsets
+    a, final = eval_subsets(digits, 100)
+    b, _ = eval_subsets(digits, 100)
+    assert torch.equal(a.x_train, b.x_train) and len(final.y_test) == len(digits.y_test)
+    assert len(set(a.y_train.tolist())) == 10  # a random subset, not the first classes
+
+
+def test_alignment_is_measured_every_kth_evaluation(digits):
+    ev = evals(train(cfg(align_every=3), data=digits))
+    with_layers = [i for i, r in enumerate(ev) if r["layers"]]
+    assert with_layers == [0, 3, 6, len(ev) - 1]
+
+
+def test_checkpoints_by_time_unless_told_every_k_evaluations(digits, tmp_path, monkeypatch):
+    import soap_cuda.experiments.train as train_module
+    writes = []
+    real = train_module._save_checkpoint
+    monkeypatch.setattr(train_module, "_save_checkpoint",
+                        lambda path, state: (writes.append(state["position"]["evals"]),
+                                             real(path, state)))
+    train(cfg(), checkpoint_path=tmp_path / "a.pt", data=digits)
+    assert len(writes) == 1  # a short run: only the final checkpoint
+    writes.clear()
+    train(cfg(), checkpoint_path=tmp_path / "b.pt", data=digits, checkpoint_every_evals=2)
+    assert len(writes) == 5  # evaluations 2, 4, 6, 8 and the end
+    writes.clear()
+    monkeypatch.setattr(train_module, "CHECKPOINT_INTERVAL_S", 0.0)
+    train(cfg(), checkpoint_path=tmp_path / "c.pt", data=digits)
+    assert len(writes) == 8  # each of the 7 intermediate evaluations, and the end

@@ -30,6 +30,13 @@ class TrainConfig:
     train_examples: int | None = None
     test_examples: int | None = None
     eval_every: int | None = None  # examples between evaluations; None = 20 per epoch
+    # examples of each split an evaluation looks at: a fixed random subset, the same for every
+    # run (paired comparisons); 0 = the whole split. The final evaluation uses the whole test set.
+    eval_examples: int = 1000
+    # evaluations between alignment measurements (B-W angles, error signals on the probe batch:
+    # two extra forward/backward passes, the dearest part of an evaluation); the first and last
+    # evaluations always measure
+    align_every: int = 4
     probe_examples: int = 512  # training examples used to measure error-signal alignment
     layer_lr_scale: dict[str, float] | None = None  # gain-matched backprop: lr multiplier per layer
     label: str | None = None  # the arm's name in a sweep; defaults to the rule
@@ -62,6 +69,10 @@ class TrainConfig:
             raise ConfigError(f"rule {self.rule!r} updates B from W: give --sync-every T > 0")
         if self.eval_every is not None and self.eval_every <= 0:
             raise ConfigError("--eval-every must be positive")
+        if self.align_every <= 0:
+            raise ConfigError("--align-every must be positive")
+        if self.eval_examples < 0:
+            raise ConfigError("--eval-examples must be >= 0 (0: the whole split)")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
         if any(not 0 < f < 1 for f in self.lr_drops):

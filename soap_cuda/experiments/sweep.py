@@ -33,7 +33,7 @@ from .stats import best_lr, extend_grid
 # TrainConfig fields a sweep shares across all its runs.
 BASE_FIELDS = ("model", "lr_drops", "hidden", "epochs", "batch_size", "sync_every", "sync_at_start", "activation",
                "dataset", "data_dir", "download", "train_examples", "test_examples", "eval_every",
-               "probe_examples", "momentum", "weight_decay", "device")
+               "eval_examples", "align_every", "probe_examples", "momentum", "weight_decay", "device")
 
 
 @dataclass

@@ -3,9 +3,11 @@ optional step learning-rate schedule), metrics as JSON lines, exact resume.
 
 Records (one JSON object per line):
   {"kind": "config", ...}   the TrainConfig and the dataset summary
-  {"kind": "eval", ...}     at examples 0, every `eval_every` examples, and at the end: full
-                            train/test loss and accuracy, and per layer the B-W angle and the
-                            error signal's angle and norm ratio against backprop
+  {"kind": "eval", ...}     at examples 0, every `eval_every` examples, and at the end:
+                            train/test loss and accuracy on fixed subsets of `eval_examples`
+                            each (the last one on the whole test set; `eval_examples` records
+                            the sizes used), and per layer the B-W angle and the error
+                            signal's angle and norm ratio against backprop
   {"kind": "final", ...}    the last eval's numbers plus wall time and whether the run diverged
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ CHECKPOINT_VERSION = 1
 # A run counts as diverged (and stops) when its loss is not finite or exceeds this multiple of
 # its initial training loss: far worse than chance, it is not coming back within the budget.
 DIVERGE_FACTOR = 10.0
+CHECKPOINT_INTERVAL_S = 30.0
 
 
 def _metrics_module():
@@ -51,8 +54,10 @@ def _loss_acc(model, x, y, chunk: int = 8192) -> tuple[float, float]:
     return total / len(y), correct / len(y)
 
 
-def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Losses, accuracies and per-layer alignment; eval mode so no feedback sync is counted."""
+def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor],
+             alignment: bool = True) -> dict:
+    """Losses, accuracies and (with `alignment`) per-layer alignment; eval mode so no feedback
+    sync is counted."""
     was_training = model.training
     model.eval()
     try:
@@ -61,7 +66,7 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor]) -> 
         rec["test_loss"], rec["test_acc"] = _loss_acc(model, data.x_test, data.y_test)
         metrics = _metrics_module()
         layers: dict[str, dict] = {}
-        if metrics is not None:
+        if metrics is not None and alignment:
             for name, m in metrics.feedback_alignment(model).items():
                 layers.setdefault(name, {}).update(
                     bw_angle_deg=m["angle_deg"], bw_norm_ratio=m["norm_ratio"])
@@ -76,6 +81,29 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor]) -> 
         return rec
     finally:
         model.train(was_training)
+
+
+def eval_subsets(data: Dataset, eval_examples: int) -> tuple[Dataset, Dataset]:
+    """(what every evaluation looks at, what the final one does): at most `eval_examples` of
+    each split, drawn once by a fixed permutation (seed 0, whatever the run's seed: every run on
+    these data is measured on the same examples); the final evaluation keeps that training
+    subset and takes the whole test set. eval_examples=0: the whole splits throughout."""
+    if eval_examples <= 0:
+        return data, data
+
+    def pick(x, y):
+        if len(y) <= eval_examples:
+            return x, y
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:eval_examples]
+        idx = idx.sort().values.to(y.device)
+        return x[idx], y[idx]
+    x_train, y_train = pick(data.x_train, data.y_train)
+    x_test, y_test = pick(data.x_test, data.y_test)
+    every = Dataset(data.name, data.description, x_train, y_train, x_test, y_test,
+                    data.num_classes, data.image_shape)
+    final = Dataset(data.name, data.description, x_train, y_train, data.x_test, data.y_test,
+                    data.num_classes, data.image_shape)
+    return every, final
 
 
 def _epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
@@ -132,11 +160,12 @@ def _progress(total: int, enabled: bool, desc: str):
 def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
           checkpoint_path: str | os.PathLike | None = None, resume: bool = False,
           data: Dataset | None = None, progress: bool = False,
-          checkpoint_every_evals: int = 1) -> list[dict]:
+          checkpoint_every_evals: int | None = None) -> list[dict]:
     """Run `cfg`; return its records (also written to `out_path` as JSON lines).
 
     With `checkpoint_path`, a checkpoint is written atomically every `checkpoint_every_evals`
-    evaluations and at the end; `resume=True` continues from it exactly (same data order, same
+    evaluations (default: at the first evaluation CHECKPOINT_INTERVAL_S or more after the last
+    checkpoint, so short runs pay for one) and at the end; `resume=True` continues from it exactly (same data order, same
     RNG state, same optimizer state), also when `cfg.epochs` was raised to train longer.
     """
     cfg.validate()
@@ -148,6 +177,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     budget = int(round(cfg.epochs * n))
     eval_every = cfg.eval_every or max(1, n // 20)
     probe = (data.x_train[:cfg.probe_examples], data.y_train[:cfg.probe_examples])
+    eval_data, final_data = eval_subsets(data, cfg.eval_examples)
 
     torch.manual_seed(cfg.seed)
     if cfg.model == "mlp":
@@ -198,7 +228,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     writer = _Writer(Path(out_path) if out_path else None, records)
     t0 = time.perf_counter() - elapsed0
 
-    def log_eval(diverged: bool = False) -> dict:
+    def log_eval(diverged: bool = False, final: bool = False) -> dict:
         rec = {"kind": "eval", "examples": pos["examples"], "step": pos["step"],
                "epoch": pos["examples"] / n,
                "batch_loss": (pos["batch_loss_sum"] / pos["batch_loss_n"]
@@ -207,7 +237,10 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
                        test_acc=None, layers={})
         else:
-            rec.update(evaluate(model, data, probe))
+            on = final_data if final else eval_data
+            align = final or pos["evals"] % cfg.align_every == 0
+            rec.update(evaluate(model, on, probe, alignment=align))
+            rec["eval_examples"] = [len(on.y_train), len(on.y_test)]
             evals = [r for r in records if r["kind"] == "eval"]
             if evals and not rec["train_loss"] <= DIVERGE_FACTOR * evals[0]["train_loss"]:
                 rec["diverged"] = True
@@ -217,9 +250,17 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         writer.write(rec)
         return rec
 
+    last_checkpoint = [time.perf_counter()]
+
+    def checkpoint_due() -> bool:
+        if checkpoint_every_evals is not None:
+            return pos["evals"] % checkpoint_every_evals == 0
+        return time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_INTERVAL_S
+
     def checkpoint() -> None:
         if ckpt is None:
             return
+        last_checkpoint[0] = time.perf_counter()
         _save_checkpoint(ckpt, {
             "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
@@ -272,14 +313,14 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                 if rec.get("diverged"):
                     diverged = True
                     break
-                if pos["evals"] % checkpoint_every_evals == 0:
+                if checkpoint_due():
                     checkpoint()
         if pos["batch"] * cfg.batch_size >= n:
             pos["epoch"] += 1
             pos["batch"] = 0
     if bar is not None:
         bar.close()
-    last = log_eval(diverged=diverged)
+    last = log_eval(diverged=diverged, final=True)
     diverged = diverged or bool(last.get("diverged"))
     pos["evals"] += 1
     while pos["next_eval"] <= pos["examples"]:  # so a resumed run does not re-log this point
