@@ -7,3 +7,4 @@ from . import perturb  # noqa: F401
 from . import fa_conv  # noqa: F401
 from . import feedback_sync  # noqa: F401
 from . import dfa_project  # noqa: F401
+from . import fa_linear_stacked  # noqa: F401
