@@ -1,0 +1,383 @@
+"""Many training runs as one stacked model: the runs of a sweep that share an MLP architecture,
+data and schedule train together, every weight, bias, feedback matrix and optimizer state
+carrying a leading model dimension. Each layer of all the models is one `fa_linear_stacked`
+call (a batched GEMM), each feedback sync one `feedback_sync_` call for every model and layer.
+
+Each model is its own run: it is built exactly as `train()` builds it (same seed, same
+initialisation and feedback matrices), reads its own data order, has its own rule, learning
+rate, per-layer learning-rate scales, momentum, weight decay or Adam state, and writes the same
+records to its own file; in float64 its curves equal the sequential run's to rounding. A model
+whose loss stops being finite is recorded as diverged, zeroed and frozen; the others go on.
+
+Batchable: `--model mlp` with the rules of BATCHED_RULES and SGD or Adam. Others (Kolen-Pollack,
+DFA, SOAP, the conv models) train one run at a time (`train()`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+import soap_cuda
+from soap_cuda import feedback as fb
+from soap_cuda.metrics import angle_deg, norm_ratio
+
+from .config import TrainConfig
+from .data import Dataset
+from .models import ACTIVATIONS, build_mlp
+from .train import DIVERGE_FACTOR, _epoch_order, _Writer, eval_subsets
+
+BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign")
+BATCHED_OPTIMIZERS = ("sgd", "adam")
+# settings a model may have of its own inside one batch; every other TrainConfig field is shared
+PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
+                    "weight_decay")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
+
+
+def batchable(cfg: TrainConfig) -> bool:
+    return cfg.model == "mlp" and cfg.rule in BATCHED_RULES and \
+        cfg.optimizer in BATCHED_OPTIMIZERS
+
+
+def group_key(cfg: TrainConfig) -> tuple:
+    """Runs with equal keys can share one stacked model."""
+    d = cfg.to_dict()
+    return tuple((k, repr(v)) for k, v in sorted(d.items()) if k not in PER_MODEL_FIELDS) + \
+        (("optimizer", cfg.optimizer),)
+
+
+@dataclass
+class _Layer:
+    weight: torch.Tensor  # (M, out, in), leaf
+    bias: torch.Tensor    # (M, out), leaf
+    b_matrix: torch.Tensor  # (M, out, in)
+    proxies: list  # per model: what feedback.sync_layers needs to sync that model's layer
+
+
+class StackedMLP:
+    """The models of one batch, stacked; built from `build_mlp` per config, so each slice starts
+    exactly where its sequential run does."""
+
+    def __init__(self, cfgs: list[TrainConfig], data: Dataset):
+        device = data.x_train.device
+        models = []
+        for cfg in cfgs:
+            torch.manual_seed(cfg.seed)
+            models.append(build_mlp(data.in_features, cfg.hidden, data.num_classes, cfg.rule,
+                                    cfg.sync_every, cfg.activation, device, cfg.sync_at_start))
+        self.names = [name for name, _ in models[0].named_children() if name.startswith("fc")]
+        self.activation = ACTIVATIONS[cfgs[0].activation]()
+        self.rules = [cfg.rule for cfg in cfgs]
+        self.layers: list[_Layer] = []
+        with torch.no_grad():
+            for name in self.names:
+                src = [getattr(m, name) for m in models]
+                weight = torch.stack([s.weight for s in src]).requires_grad_()
+                bias = torch.stack([s.bias for s in src]).requires_grad_()
+                b_matrix = torch.stack([s.b_matrix for s in src])
+                b_init = torch.stack([s.b_init if hasattr(s, "b_init") else s.b_matrix
+                                      for s in src])
+                proxies = [SimpleNamespace(
+                    weight=weight[m], b_matrix=b_matrix[m], b_init=b_init[m],
+                    b_init_norm=getattr(s, "b_init_norm", None), feedback=s.feedback,
+                    feedback_seed=s.feedback_seed, sync_count=0) for m, s in enumerate(src)]
+                self.layers.append(_Layer(weight, bias, b_matrix, proxies))
+        self.is_bp = torch.tensor([r == "bp" for r in self.rules], device=device).view(-1, 1, 1)
+        self.any_bp = any(r == "bp" for r in self.rules)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [t for layer in self.layers for t in (layer.weight, layer.bias)]
+
+    def feedback(self, layer: _Layer, backprop: bool = False) -> torch.Tensor:
+        """B of every model for this layer: W itself for bp models (and for all under
+        `backprop`), the feedback matrix otherwise."""
+        w = layer.weight.detach()
+        if backprop:
+            return w
+        return torch.where(self.is_bp, w, layer.b_matrix) if self.any_bp else layer.b_matrix
+
+    def forward(self, x: torch.Tensor, backprop: bool = False, keep=None) -> torch.Tensor:
+        """x (M, N, in) -> logits (M, N, classes); `keep` collects each layer's output."""
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = torch.ops.soap_cuda.fa_linear_stacked(h, layer.weight, layer.bias,
+                                                      self.feedback(layer, backprop))
+            if keep is not None:
+                keep.append(h)
+            if i < len(self.layers) - 1:
+                h = self.activation(h)
+        return h
+
+    def sync(self, models: list[int]) -> None:
+        """Sync the feedback matrices of these models' layers: one native call for all."""
+        proxies = [layer.proxies[m] for layer in self.layers for m in models
+                   if layer.proxies[m].feedback in fb.SYNC_RULES]
+        if proxies:
+            fb.sync_layers(proxies)
+
+    def freeze(self, m: int) -> None:
+        """A diverged model: zeros, so its slice computes finite nothing from now on."""
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight[m].zero_()
+                layer.bias[m].zero_()
+                layer.b_matrix[m].zero_()
+
+
+def _per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each model over its rows: logits (M, N, C), y (M, N) -> (M,)."""
+    m, n, c = logits.shape
+    return F.cross_entropy(logits.reshape(m * n, c), y.reshape(m * n),
+                           reduction="none").view(m, n).mean(1)
+
+
+class _Optimizer:
+    """torch.optim.SGD (momentum, weight decay) or Adam, one learning rate per model and layer:
+    the same arithmetic as the single-tensor implementations, on stacked tensors."""
+
+    def __init__(self, kind: str, params: list[torch.Tensor], lrs: torch.Tensor,
+                 momentum: torch.Tensor, weight_decay: torch.Tensor):
+        self.kind = kind
+        self.params = params
+        self.lrs = lrs  # (len(params), M): param i of model m
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.state = [None] * len(params)
+        self.steps = 0
+
+    def _per_model(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, lr_factor: float) -> None:
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            wd = self._per_model(self.weight_decay, p)
+            if bool((self.weight_decay != 0).any()):
+                grad = grad + wd * p
+            lr = self._per_model(self.lrs[i] * lr_factor, p)
+            if self.kind == "sgd":
+                mom = self._per_model(self.momentum, p)
+                if bool((self.momentum != 0).any()):
+                    if self.state[i] is None:
+                        self.state[i] = grad.clone()
+                    else:
+                        self.state[i].mul_(mom).add_(grad)
+                    grad = torch.where(mom != 0, self.state[i], grad)
+                p.sub_(lr * grad)
+            else:
+                beta1, beta2 = ADAM_BETAS
+                if self.state[i] is None:
+                    self.state[i] = (torch.zeros_like(p), torch.zeros_like(p))
+                exp_avg, exp_avg_sq = self.state[i]
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                bias_correction1 = 1 - beta1 ** self.steps
+                bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+                p.sub_((lr / bias_correction1) * (exp_avg / denom))
+
+
+def _lr_table(cfgs: list[TrainConfig], names: list[str], device) -> torch.Tensor:
+    """(2 * layers, M): the learning rate of each (weight, bias) of each layer, per model, with
+    the gain-matched per-layer scales (as make_optimizer's param groups apply them)."""
+    rows = []
+    for name in names:
+        lrs = [cfg.lr * float((cfg.layer_lr_scale or {}).get(name, 1.0)) for cfg in cfgs]
+        rows += [lrs, lrs]
+    return torch.tensor(rows, dtype=torch.float64, device=device)
+
+
+@torch.no_grad()
+def _loss_acc(net: StackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192):
+    m = len(net.rules)
+    total = torch.zeros(m, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(m, dtype=torch.int64, device=x.device)
+    for i in range(0, len(y), chunk):
+        xs, ys = x[i:i + chunk], y[i:i + chunk]
+        out = net.forward(xs.unsqueeze(0).expand(m, *xs.shape))
+        ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.repeat(m),
+                             reduction="none").view(m, -1)
+        total += ce.sum(1).double()
+        correct += (out.argmax(-1) == ys).sum(1)
+    return (total / len(y)).tolist(), (correct.double() / len(y)).tolist()
+
+
+def _alignment(net: StackedMLP, probe) -> list[dict]:
+    """Per model: metrics.feedback_alignment and error_signal_alignment, for all models at once
+    (error signals and weight gradients by each model's rule, then by backprop)."""
+    x, y = probe
+    m = len(net.rules)
+    xs, ys = x.unsqueeze(0).expand(m, *x.shape), y.unsqueeze(0).expand(m, *y.shape)
+    grads = {}
+    for mode in ("rule", "bp"):
+        outs = []
+        with torch.enable_grad():
+            loss = _per_model_loss(net.forward(xs, backprop=mode == "bp", keep=outs), ys).sum()
+            weights = [layer.weight for layer in net.layers]
+            grads[mode] = torch.autograd.grad(loss, outs + weights)
+    n = len(net.layers)
+    result = []
+    for k in range(m):
+        layers = {}
+        for i, (name, layer) in enumerate(zip(net.names, net.layers)):
+            b = layer.weight[k].detach() if net.rules[k] == "bp" else layer.b_matrix[k]
+            w = layer.weight[k].detach()
+            g_rule, g_bp = grads["rule"][i][k], grads["bp"][i][k]
+            gw_rule, gw_bp = grads["rule"][n + i][k], grads["bp"][n + i][k]
+            layers[name] = {"bw_angle_deg": angle_deg(b, w), "bw_norm_ratio": norm_ratio(b, w),
+                            "err_angle_deg": angle_deg(g_rule, g_bp),
+                            "err_norm_ratio": norm_ratio(g_rule, g_bp),
+                            "wgrad_angle_deg": angle_deg(gw_rule, gw_bp),
+                            "wgrad_norm_ratio": norm_ratio(gw_rule, gw_bp)}
+        result.append(layers)
+    return result
+
+
+def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
+                  on_step=None) -> list[list[dict]]:
+    """Train the runs `cfgs` (one group_key) as one stacked model; write each run's records to
+    its path as `train()` would, and return them. `on_step(steps_done)` after each step."""
+    keys = {group_key(c) for c in cfgs}
+    if len(keys) != 1 or not all(batchable(c) for c in cfgs):
+        raise ValueError("train_batched needs batchable runs that share one group_key")
+    for cfg in cfgs:
+        cfg.validate()
+    cfg0 = cfgs[0]
+    device = data.x_train.device
+    n, m_count = len(data.y_train), len(cfgs)
+    budget = int(round(cfg0.epochs * n))
+    eval_every = cfg0.eval_every or max(1, n // 20)
+    probe = (data.x_train[:cfg0.probe_examples], data.y_train[:cfg0.probe_examples])
+    eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
+
+    net = StackedMLP(cfgs, data)
+    opt = _Optimizer(cfg0.optimizer, net.parameters(), _lr_table(cfgs, net.names, device),
+                     torch.tensor([c.momentum for c in cfgs], device=device),
+                     torch.tensor([c.weight_decay for c in cfgs], device=device))
+    records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
+                 "backend": soap_cuda.backend(), "torch": torch.__version__,
+                 "batched": {"models": m_count}}] for c in cfgs]
+    writers = [_Writer(Path(p) if p is not None else None, r)
+               for p, r in zip(out_paths, records)]
+    alive = [True] * m_count
+    diverged = [False] * m_count
+    loss_sum, loss_n = [0.0] * m_count, [0] * m_count
+    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0}
+    examples_seen = 0  # the sync schedule's counter, the same for every model
+    t0 = time.perf_counter()
+
+    def log_eval(models: list[int], final: bool = False) -> None:
+        on = final_data if final else eval_data
+        healthy = [k for k in models if not diverged[k]]
+        if healthy:
+            train_loss, train_acc = _loss_acc(net, on.x_train, on.y_train)
+            test_loss, test_acc = _loss_acc(net, on.x_test, on.y_test)
+            align = final or pos["evals"] % cfg0.align_every == 0
+            finite = [math.isfinite(train_loss[k]) and math.isfinite(test_loss[k])
+                      for k in range(m_count)]
+            layers = _alignment(net, probe) if align else None
+        for k in models:
+            rec = {"kind": "eval", "examples": pos["examples"], "step": pos["step"],
+                   "epoch": pos["examples"] / n,
+                   "batch_loss": loss_sum[k] / loss_n[k] if loss_n[k] else None}
+            if diverged[k]:
+                rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
+                           test_acc=None, layers={})
+            else:
+                rec.update(train_loss=train_loss[k], train_acc=train_acc[k],
+                           test_loss=test_loss[k], test_acc=test_acc[k])
+                if layers is not None:
+                    rec["layers"] = layers[k] if finite[k] else {
+                        name: {key: v for key, v in d.items() if key.startswith("bw_")}
+                        for name, d in layers[k].items()}
+                else:
+                    rec["layers"] = {}
+                rec["eval_examples"] = [len(on.y_train), len(on.y_test)]
+                evals = [r for r in records[k] if r["kind"] == "eval"]
+                if evals and not rec["train_loss"] <= DIVERGE_FACTOR * evals[0]["train_loss"]:
+                    rec["diverged"] = True
+            rec["wall_s"] = time.perf_counter() - t0
+            loss_sum[k], loss_n[k] = 0.0, 0
+            records[k].append(rec)
+            writers[k].write(rec)
+
+    def finish(k: int) -> None:
+        """The run of model k ends (budget reached or diverged): final eval and record."""
+        log_eval([k], final=True)
+        last = records[k][-1]
+        dead = diverged[k] or bool(last.get("diverged"))
+        fin = {key: last.get(key) for key in ("examples", "train_loss", "train_acc",
+                                              "test_loss", "test_acc")}
+        if dead:
+            fin["train_loss"] = fin["test_loss"] = math.inf
+        fin.update(kind="final", diverged=dead, wall_s=time.perf_counter() - t0)
+        records[k].append(fin)
+        writers[k].write(fin)
+        alive[k] = False
+        net.freeze(k)
+
+    log_eval(list(range(m_count)))
+    pos["evals"], next_eval = 1, eval_every
+    x_all, y_all = data.x_train, data.y_train
+    sync_models = [k for k, c in enumerate(cfgs) if c.rule in fb.SYNC_RULES]
+    while pos["examples"] < budget and any(alive):
+        orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
+        while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
+            start = pos["batch"] * cfg0.batch_size
+            take = min(cfg0.batch_size, n - start, budget - pos["examples"])
+            idx = orders[:, start:start + take]  # (M, take): each model's own examples
+            factor = 0.1 ** sum(pos["examples"] >= f * budget for f in cfg0.lr_drops)
+            # the sign rules' schedule, as FALinear.forward advances it before computing
+            if sync_models and (cfg0.sync_every is not None or cfg0.sync_at_start):
+                before = examples_seen
+                examples_seen += take
+                first = cfg0.sync_at_start and before == 0
+                crossed = cfg0.sync_every is not None and \
+                    examples_seen // cfg0.sync_every > before // cfg0.sync_every
+                if first or crossed:
+                    net.sync([k for k in sync_models if alive[k]])
+            for p in opt.params:
+                p.grad = None
+            losses = _per_model_loss(net.forward(x_all[idx]), y_all[idx])
+            live = torch.tensor(alive, device=device)
+            torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
+            opt.step(factor)
+            pos["batch"] += 1
+            pos["step"] += 1
+            pos["examples"] += take
+            values = losses.detach().tolist()
+            for k in range(m_count):
+                if not alive[k]:
+                    continue
+                if not math.isfinite(values[k]):
+                    diverged[k] = True
+                    finish(k)
+                    continue
+                loss_sum[k] += values[k] * take
+                loss_n[k] += take
+            if on_step is not None:
+                on_step(pos["step"])
+            if pos["examples"] >= next_eval and pos["examples"] < budget:
+                live_models = [k for k in range(m_count) if alive[k]]
+                log_eval(live_models)
+                pos["evals"] += 1
+                next_eval += eval_every
+                for k in live_models:
+                    if records[k][-1].get("diverged"):
+                        diverged[k] = True
+                        finish(k)
+        if pos["batch"] * cfg0.batch_size >= n:
+            pos["epoch"] += 1
+            pos["batch"] = 0
+    for k in range(m_count):
+        if alive[k]:
+            finish(k)
+    return records

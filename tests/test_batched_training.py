@@ -1,0 +1,110 @@
+"""A sweep's runs trained as one stacked model: each model reproduces its own sequential run
+(float64: curves equal to 1e-9 relative), one model diverging leaves the others untouched."""
+import math
+
+import pytest
+import torch
+
+from soap_cuda.experiments.batched import batchable, group_key, train_batched
+from soap_cuda.experiments.config import TrainConfig
+from soap_cuda.experiments.data import Dataset, load_dataset
+from soap_cuda.experiments.train import train
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+BASE = dict(dataset="digits", hidden=[16, 12], epochs=1.5, batch_size=16, eval_every=64,
+            probe_examples=48, sync_every=48, eval_examples=100, align_every=2)
+
+
+@pytest.fixture()
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="module")
+def digits64():
+    d = load_dataset("digits", train_examples=256, test_examples=64)
+    return Dataset(d.name, d.description, d.x_train.double(), d.y_train, d.x_test.double(),
+                   d.y_test, d.num_classes, d.image_shape)
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**BASE, **kw})
+
+
+def _close(a, b, rel=1e-9):
+    if a is None or b is None:
+        return a is b
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+
+
+def _same_run(batched, sequential):
+    assert [r["kind"] for r in batched] == [r["kind"] for r in sequential]
+    assert batched[0]["config"] == sequential[0]["config"]
+    for b, s in zip(batched[1:], sequential[1:]):
+        assert b["examples"] == s["examples"]
+        for key in ("train_loss", "test_loss", "train_acc", "test_acc", "batch_loss"):
+            if key in s:
+                assert _close(b.get(key), s.get(key)), (key, b.get(key), s.get(key), b)
+        assert b.get("diverged") == s.get("diverged")
+        if s["kind"] == "eval":
+            assert b.get("eval_examples") == s.get("eval_examples")
+            assert set(b["layers"]) == set(s["layers"])
+            for layer, metrics in s["layers"].items():
+                assert set(b["layers"][layer]) == set(metrics)
+                for key, value in metrics.items():
+                    got = b["layers"][layer][key]
+                    # acos near 0 turns rounding of the cosine into ~1e-6 degrees
+                    tol = 1e-4 if key.endswith("angle_deg") else 1e-6 * max(1.0, abs(value))
+                    assert (math.isnan(got) and math.isnan(value)) or \
+                        abs(got - value) <= tol, (layer, key, got, value)
+
+
+SGD_RUNS = [dict(rule="bp", lr=0.1, seed=0, momentum=0.9, weight_decay=1e-3),
+            dict(rule="fa", lr=0.2, seed=1),
+            dict(rule="sign", lr=0.05, seed=2, momentum=0.5),
+            dict(rule="rescaled_sign", lr=0.1, seed=3, weight_decay=1e-2),
+            dict(rule="scaled_sign", lr=0.1, seed=4),
+            dict(rule="random_sign", lr=0.1, seed=5),
+            dict(rule="bp", lr=0.1, seed=6, label="bp_gain_matched_sign",
+                 layer_lr_scale={"fc1": 2.0, "fc2": 0.5, "fc3": 1.0})]
+ADAM_RUNS = [dict(rule="bp", lr=1e-3, seed=0, optimizer="adam"),
+             dict(rule="sign", lr=3e-3, seed=1, optimizer="adam", weight_decay=1e-2)]
+
+
+@pytest.mark.parametrize("runs", [SGD_RUNS, ADAM_RUNS], ids=["sgd", "adam"])
+def test_each_model_reproduces_its_sequential_run(float64, digits64, runs):
+    cfgs = [_cfg(**r) for r in runs]
+    assert all(batchable(c) for c in cfgs) and len({group_key(c) for c in cfgs}) == 1
+    batched = train_batched(cfgs, [None] * len(cfgs), digits64)
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=digits64))
+
+
+def test_a_diverging_model_does_not_disturb_the_others(float64, digits64, tmp_path):
+    runs = [dict(rule="fa", lr=0.1, seed=0), dict(rule="sign", lr=400.0, seed=1),
+            dict(rule="bp", lr=0.05, seed=2)]
+    cfgs = [_cfg(**r) for r in runs]
+    paths = [tmp_path / f"{i}.jsonl" for i in range(3)]
+    batched = train_batched(cfgs, paths, digits64)
+    assert batched[1][-1]["diverged"] and not batched[0][-1]["diverged"]
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=digits64))
+    from soap_cuda.experiments.train import read_records
+    assert [r["kind"] for r in read_records(paths[1])] == [r["kind"] for r in batched[1]]
+
+
+def test_what_is_batchable():
+    assert batchable(_cfg(rule="sign"))
+    assert not batchable(_cfg(rule="dfa")) and not batchable(_cfg(rule="kolen_pollack"))
+    assert not batchable(_cfg(rule="fa", model="lenet"))
+    assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
+    assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))
+    assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", optimizer="adam"))
+    with pytest.raises(ValueError, match="share one group_key"):
+        train_batched([_cfg(rule="fa"), _cfg(rule="fa", hidden=[8])], [None, None], None)
