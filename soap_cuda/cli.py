@@ -221,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target-fraction", type=_positive_float, default=0.25)
     _add_model_data(s, [128], 3.0, 600)
     s.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
-                   help="runs in parallel, one process each (default: CPU count)")
+                   help="processes (default: CPU count); each trains its share of the runs")
+    s.add_argument("--sequential", action="store_true",
+                   help="train every run on its own (one model per process at a time) instead "
+                        "of the default: the MLP runs that share architecture, data and "
+                        "schedule trained together as one stacked model, each with its own "
+                        "rule, learning rate, seed and optimizer state (the same results)")
     s.add_argument("--out", default="results", metavar="DIR", help="output dir (default results)")
     s.add_argument("--no-report", action="store_true", help="skip writing the report")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -270,7 +275,7 @@ def _cmd_sweep(args) -> int:
                      target_fraction=args.target_fraction, base=_base(args))
     t0 = time.perf_counter()
     sweep = Sweep(spec, args.out, jobs=args.jobs, progress=not args.no_progress,
-                  log=lambda m: print(m, file=sys.stderr))
+                  log=lambda m: print(m, file=sys.stderr), batched=not args.sequential)
     result = sweep.run()
     n = sum(len(a["lrs"]) for a in result["arms"]) * spec.seeds
     print(f"sweep: {n} runs in {time.perf_counter() - t0:.0f} s; results: "

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 import soap_cuda
 from soap_cuda import feedback as fb
-from soap_cuda.metrics import angle_deg, norm_ratio
 
 from .config import TrainConfig
 from .data import Dataset
@@ -88,31 +87,47 @@ class StackedMLP:
                     b_init_norm=getattr(s, "b_init_norm", None), feedback=s.feedback,
                     feedback_seed=s.feedback_seed, sync_count=0) for m, s in enumerate(src)]
                 self.layers.append(_Layer(weight, bias, b_matrix, proxies))
-        self.is_bp = torch.tensor([r == "bp" for r in self.rules], device=device).view(-1, 1, 1)
-        self.any_bp = any(r == "bp" for r in self.rules)
+        # bp models keep B equal to W (copied after every update): their backward is backprop's
+        self.bp_models = torch.tensor([k for k, r in enumerate(self.rules) if r == "bp"],
+                                      dtype=torch.long, device=device)
+        self.copy_bp_weights()
 
     def parameters(self) -> list[torch.Tensor]:
         return [t for layer in self.layers for t in (layer.weight, layer.bias)]
 
-    def feedback(self, layer: _Layer, backprop: bool = False) -> torch.Tensor:
-        """B of every model for this layer: W itself for bp models (and for all under
-        `backprop`), the feedback matrix otherwise."""
-        w = layer.weight.detach()
-        if backprop:
-            return w
-        return torch.where(self.is_bp, w, layer.b_matrix) if self.any_bp else layer.b_matrix
+    @torch.no_grad()
+    def copy_bp_weights(self) -> None:
+        if len(self.bp_models):
+            for layer in self.layers:
+                layer.b_matrix.index_copy_(0, self.bp_models,
+                                           layer.weight.index_select(0, self.bp_models))
 
     def forward(self, x: torch.Tensor, backprop: bool = False, keep=None) -> torch.Tensor:
-        """x (M, N, in) -> logits (M, N, classes); `keep` collects each layer's output."""
+        """x (M, N, in), or (N, in) shared by every model -> logits (M, N, classes); `keep`
+        collects each layer's output. `backprop`: every model's error through W."""
         h = x
         for i, layer in enumerate(self.layers):
-            h = torch.ops.soap_cuda.fa_linear_stacked(h, layer.weight, layer.bias,
-                                                      self.feedback(layer, backprop))
+            b = layer.weight.detach() if backprop else layer.b_matrix
+            if h.dim() == 2:  # one input for all: one GEMM against every model's W at once
+                h = self._shared_input_layer(h, layer, b)
+            else:
+                h = torch.ops.soap_cuda.fa_linear_stacked(h, layer.weight, layer.bias, b)
             if keep is not None:
                 keep.append(h)
             if i < len(self.layers) - 1:
                 h = self.activation(h)
         return h
+
+    def _shared_input_layer(self, x, layer, b):
+        """fa_linear_stacked of x expanded to every model, without materialising the copies:
+        the models' rows of W side by side make one (N, in) x (in, M * out) GEMM."""
+        m, out, k = layer.weight.shape
+        if x.requires_grad:  # the probes' first layer input never is; keep the op's autograd
+            return torch.ops.soap_cuda.fa_linear_stacked(x.expand(m, *x.shape), layer.weight,
+                                                         layer.bias, b)
+        w = layer.weight.reshape(m * out, k)
+        y = torch.addmm(layer.bias.reshape(m * out), x, w.t())  # (N, M * out)
+        return y.view(x.shape[0], m, out).transpose(0, 1)
 
     def sync(self, models: list[int]) -> None:
         """Sync the feedback matrices of these models' layers: one native call for all."""
@@ -202,7 +217,7 @@ def _loss_acc(net: StackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 81
     correct = torch.zeros(m, dtype=torch.int64, device=x.device)
     for i in range(0, len(y), chunk):
         xs, ys = x[i:i + chunk], y[i:i + chunk]
-        out = net.forward(xs.unsqueeze(0).expand(m, *xs.shape))
+        out = net.forward(xs)
         ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.repeat(m),
                              reduction="none").view(m, -1)
         total += ce.sum(1).double()
@@ -210,34 +225,43 @@ def _loss_acc(net: StackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 81
     return (total / len(y)).tolist(), (correct.double() / len(y)).tolist()
 
 
+def _angles_and_ratios(a: torch.Tensor, b: torch.Tensor) -> tuple[list, list]:
+    """Per model (leading dim): metrics.angle_deg(a[k], b[k]) and metrics.norm_ratio(a[k],
+    b[k]), all models at once, in float64."""
+    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = torch.clamp((a * b).sum(1) / (na * nb), -1.0, 1.0)
+    angle = torch.where(na * nb == 0, torch.nan, torch.rad2deg(torch.acos(cos)))
+    ratio = torch.where(nb == 0, torch.nan, na / nb)
+    return angle.tolist(), ratio.tolist()
+
+
 def _alignment(net: StackedMLP, probe) -> list[dict]:
     """Per model: metrics.feedback_alignment and error_signal_alignment, for all models at once
     (error signals and weight gradients by each model's rule, then by backprop)."""
     x, y = probe
     m = len(net.rules)
-    xs, ys = x.unsqueeze(0).expand(m, *x.shape), y.unsqueeze(0).expand(m, *y.shape)
+    ys = y.unsqueeze(0).expand(m, *y.shape)
     grads = {}
     for mode in ("rule", "bp"):
         outs = []
         with torch.enable_grad():
-            loss = _per_model_loss(net.forward(xs, backprop=mode == "bp", keep=outs), ys).sum()
+            loss = _per_model_loss(net.forward(x, backprop=mode == "bp", keep=outs), ys).sum()
             weights = [layer.weight for layer in net.layers]
             grads[mode] = torch.autograd.grad(loss, outs + weights)
     n = len(net.layers)
-    result = []
-    for k in range(m):
-        layers = {}
-        for i, (name, layer) in enumerate(zip(net.names, net.layers)):
-            b = layer.weight[k].detach() if net.rules[k] == "bp" else layer.b_matrix[k]
-            w = layer.weight[k].detach()
-            g_rule, g_bp = grads["rule"][i][k], grads["bp"][i][k]
-            gw_rule, gw_bp = grads["rule"][n + i][k], grads["bp"][n + i][k]
-            layers[name] = {"bw_angle_deg": angle_deg(b, w), "bw_norm_ratio": norm_ratio(b, w),
-                            "err_angle_deg": angle_deg(g_rule, g_bp),
-                            "err_norm_ratio": norm_ratio(g_rule, g_bp),
-                            "wgrad_angle_deg": angle_deg(gw_rule, gw_bp),
-                            "wgrad_norm_ratio": norm_ratio(gw_rule, gw_bp)}
-        result.append(layers)
+    result = [{} for _ in range(m)]
+    for i, (name, layer) in enumerate(zip(net.names, net.layers)):
+        # bp models hold B = W, so their B-W angle is 0 as metrics.feedback_alignment gives
+        columns = {}
+        columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(
+            layer.b_matrix, layer.weight)
+        columns["err_angle_deg"], columns["err_norm_ratio"] = _angles_and_ratios(
+            grads["rule"][i], grads["bp"][i])
+        columns["wgrad_angle_deg"], columns["wgrad_norm_ratio"] = _angles_and_ratios(
+            grads["rule"][n + i], grads["bp"][n + i])
+        for k in range(m):
+            result[k][name] = {key: values[k] for key, values in columns.items()}
     return result
 
 
@@ -309,20 +333,22 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             records[k].append(rec)
             writers[k].write(rec)
 
-    def finish(k: int) -> None:
-        """The run of model k ends (budget reached or diverged): final eval and record."""
-        log_eval([k], final=True)
-        last = records[k][-1]
-        dead = diverged[k] or bool(last.get("diverged"))
-        fin = {key: last.get(key) for key in ("examples", "train_loss", "train_acc",
-                                              "test_loss", "test_acc")}
-        if dead:
-            fin["train_loss"] = fin["test_loss"] = math.inf
-        fin.update(kind="final", diverged=dead, wall_s=time.perf_counter() - t0)
-        records[k].append(fin)
-        writers[k].write(fin)
-        alive[k] = False
-        net.freeze(k)
+    def finish(models: list[int]) -> None:
+        """These models' runs end (budget reached or diverged): one final evaluation for all
+        of them, then each one's final record."""
+        log_eval(models, final=True)
+        for k in models:
+            last = records[k][-1]
+            dead = diverged[k] or bool(last.get("diverged"))
+            fin = {key: last.get(key) for key in ("examples", "train_loss", "train_acc",
+                                                  "test_loss", "test_acc")}
+            if dead:
+                fin["train_loss"] = fin["test_loss"] = math.inf
+            fin.update(kind="final", diverged=dead, wall_s=time.perf_counter() - t0)
+            records[k].append(fin)
+            writers[k].write(fin)
+            alive[k] = False
+            net.freeze(k)
 
     log_eval(list(range(m_count)))
     pos["evals"], next_eval = 1, eval_every
@@ -350,6 +376,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             live = torch.tensor(alive, device=device)
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
             opt.step(factor)
+            net.copy_bp_weights()
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
@@ -359,7 +386,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                     continue
                 if not math.isfinite(values[k]):
                     diverged[k] = True
-                    finish(k)
+                    finish([k])
                     continue
                 loss_sum[k] += values[k] * take
                 loss_n[k] += take
@@ -373,11 +400,9 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                 for k in live_models:
                     if records[k][-1].get("diverged"):
                         diverged[k] = True
-                        finish(k)
+                        finish([k])
         if pos["batch"] * cfg0.batch_size >= n:
             pos["epoch"] += 1
             pos["batch"] = 0
-    for k in range(m_count):
-        if alive[k]:
-            finish(k)
+    finish([k for k in range(m_count) if alive[k]])
     return records

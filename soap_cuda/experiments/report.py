@@ -38,6 +38,17 @@ def _member(c: dict, arm: str) -> dict | None:
     return next((m for m in c["members"] if m["arm"] == arm), None)
 
 
+def _execution(sweep: dict) -> str:
+    """How the sweep ran: batched (how many runs in stacked groups) or sequential."""
+    ex = sweep.get("execution") or {}
+    if not ex:
+        return ""
+    if ex["mode"] == "sequential":
+        return f", sequential: each run on its own, {ex['processes']} processes"
+    return (f", batched: {ex['runs_in_stacked_groups']} runs in {ex['stacked_groups']} stacked "
+            f"groups, {ex['single_runs']} on their own, {ex['processes']} processes")
+
+
 def _sentence(c: dict, arm: str) -> str:
     m, ref = _member(c, arm), c["ref"]
     if m is None:
@@ -136,7 +147,8 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
           f"- SGD grid {sorted(spec['lrs'])}, fixed lr {spec['fixed_lr']:g}; Adam grid "
           f"{sorted(spec['adam_lrs'])}; grids extended by log steps while the best lr sat at "
           f"an edge (at most {spec['max_extend']} times).",
-          f"- Sweep wall time: {_f(sweep.get('wall_s'), 3)} s." if sweep.get("wall_s") else "",
+          f"- Sweep wall time: {_f(sweep.get('wall_s'), 3)} s{_execution(sweep)}."
+          if sweep.get("wall_s") else "",
           "", "## Best learning rate per arm", "",
           "Best = lowest mean final training loss over seeds (a learning rate where any seed "
           "diverged does not qualify).", "",

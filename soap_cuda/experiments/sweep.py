@@ -96,27 +96,67 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_task(task: tuple[dict, str]) -> str:
+def _data_for(cfg: TrainConfig):
     from .data import load_dataset
-    from .train import train
 
-    cfg = TrainConfig.from_dict(task[0])
     key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device,
            cfg.pad_to)
-    if key not in _WORKER_DATA:  # each worker loads the data once
+    if key not in _WORKER_DATA:  # each process decodes a data set once per sweep
         _WORKER_DATA[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
                                          cfg.train_examples, cfg.test_examples, cfg.pad_to)
-    train(cfg, out_path=task[1], data=_WORKER_DATA[key])
-    return task[1]
+    return _WORKER_DATA[key]
+
+
+def _run_task(tasks: list[tuple[dict, str]]) -> tuple[int, int]:
+    """One run alone (a list of one task), or several batchable runs as one stacked model.
+    Returns (runs done, optimizer steps taken)."""
+    from .batched import train_batched
+    from .train import train
+
+    cfgs = [TrainConfig.from_dict(t[0]) for t in tasks]
+    if len(tasks) == 1:
+        records = train(cfgs[0], out_path=tasks[0][1], data=_data_for(cfgs[0]))
+        steps = [records[-2]["step"]] if len(records) > 1 and "step" in records[-2] else [0]
+        return 1, steps[0]
+    results = train_batched(cfgs, [t[1] for t in tasks], _data_for(cfgs[0]))
+    return len(tasks), max(r[-2].get("step", 0) for r in results)
+
+
+def plan_units(tasks: list[tuple[dict, str]], batched: bool, jobs: int,
+               max_models: int = 128) -> list[list[tuple[dict, str]]]:
+    """Work units: with `batched`, the tasks that share a group_key as stacked models (split
+    into `jobs` units, at most `max_models` each, so every process has a share), every other
+    task alone."""
+    from .batched import batchable, group_key
+
+    if not batched:
+        return [[t] for t in tasks]
+    groups: dict[tuple, list] = {}
+    units = []
+    for t in tasks:
+        cfg = TrainConfig.from_dict(t[0])
+        if batchable(cfg):
+            groups.setdefault(group_key(cfg), []).append(t)
+        else:
+            units.append([t])
+    for members in groups.values():
+        parts = max(min(jobs, len(members)), math.ceil(len(members) / max_models))
+        size = math.ceil(len(members) / parts)
+        units += [members[i:i + size] for i in range(0, len(members), size)]
+    return units
 
 
 class Runner:
-    """Runs training tasks, in `jobs` processes (1 = in this process)."""
+    """Runs training tasks, in `jobs` processes (1 = in this process); with `batched`, the runs
+    that can share a stacked model train as one (soap_cuda/experiments/batched.py)."""
 
-    def __init__(self, jobs: int, progress: bool):
+    def __init__(self, jobs: int, progress: bool, batched: bool = True):
         self.jobs = max(1, jobs)
         self.progress = progress
+        self.batched = batched
         self.pool = None
+        self.units: list[int] = []  # size of every unit run, for the report
+        self.steps = 0
 
     def __enter__(self):
         if self.jobs > 1:
@@ -132,6 +172,8 @@ class Runner:
     def run(self, tasks: list[tuple[dict, str]], desc: str) -> None:
         if not tasks:
             return
+        units = plan_units(tasks, self.batched, self.jobs)
+        self.units += [len(u) for u in units]
         bar = None
         if self.progress:
             try:
@@ -140,26 +182,32 @@ class Runner:
                            dynamic_ncols=True)
             except ImportError:
                 pass
+        start = time.perf_counter()
+
+        def done(result):
+            runs, steps = result
+            self.steps += steps
+            if bar is not None:
+                bar.update(runs)
+                bar.set_postfix(steps_per_s=f"{self.steps / (time.perf_counter() - start):.0f}")
         if self.pool is None:
-            for t in tasks:
-                _run_task(t)
-                if bar is not None:
-                    bar.update(1)
+            for unit in units:
+                done(_run_task(unit))
         else:
-            futures = [self.pool.submit(_run_task, t) for t in tasks]
+            futures = [self.pool.submit(_run_task, unit) for unit in units]
             for fut in as_completed(futures):
-                fut.result()  # re-raises a worker's error here
-                if bar is not None:
-                    bar.update(1)
+                done(fut.result())  # re-raises a worker's error here
         if bar is not None:
             bar.close()
 
 
 class Sweep:
     def __init__(self, spec: SweepSpec, out_dir: str | Path, jobs: int = 1,
-                 progress: bool = False, log=print):
+                 progress: bool = False, log=print, batched: bool = True):
         spec.validate()
         self.spec = spec
+        self.batched = batched
+        self.execution: dict = {}
         self.out = Path(out_dir)
         self.jobs = jobs
         self.progress = progress
@@ -230,7 +278,7 @@ class Sweep:
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         sgd_lrs = sorted({*spec.lrs, spec.fixed_lr})
-        with Runner(self.jobs, self.progress) as runner:
+        with Runner(self.jobs, self.progress, self.batched) as runner:
             sgd = [Arm(r, r, "sgd", list(sgd_lrs)) for r in spec.rules]
             self.arms += sgd
             self._run_arms(sgd, runner, "SGD arms")
@@ -243,6 +291,11 @@ class Sweep:
             adam = [Arm(f"{r}+adam", r, "adam", sorted(spec.adam_lrs)) for r in spec.adam_rules]
             self.arms += adam
             self._run_arms(adam, runner, "Adam arms")
+        stacked = [u for u in runner.units if u > 1]
+        self.execution = {"mode": "batched" if self.batched else "sequential",
+                          "processes": self.jobs, "runs_trained": sum(runner.units),
+                          "stacked_groups": len(stacked), "runs_in_stacked_groups": sum(stacked),
+                          "single_runs": sum(1 for u in runner.units if u == 1)}
         result = self.summary(time.perf_counter() - t0)
         with open(self.out / "sweep.json", "w") as f:
             json.dump(result, f, indent=1)
@@ -253,7 +306,7 @@ class Sweep:
         gains = {label: {repr(lr): g for lr, g in table.items()}
                  for label, table in self.gains.items()}
         return {"spec": self.spec.to_dict(), "seeds": self.seeds, "arms": arms, "gains": gains,
-                "wall_s": wall_s, "analysis": analyze(self.spec.to_dict(), arms, self.seeds,
+                "wall_s": wall_s, "execution": self.execution, "analysis": analyze(self.spec.to_dict(), arms, self.seeds,
                                                       self.store)}
 
 
