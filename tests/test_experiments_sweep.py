@@ -114,3 +114,38 @@ def test_sgd_momentum_does_not_reach_the_adam_arms(tmp_path):
     sgd = sweep.config(Arm("bp", "bp", "sgd", [0.1]), 0.1, 0)
     adam = sweep.config(Arm("bp_adam", "bp", "adam", [1e-3]), 1e-3, 0)
     assert sgd.momentum == 0.9 and adam.momentum == 0.0
+
+
+def test_batched_and_sequential_sweeps_agree(tmp_path):
+    """The default (stacked models) and --sequential give the same analysis; finished runs of
+    an interrupted batched sweep are kept and only the rest rerun."""
+    small = spec(rules=["bp", "fa", "sign", "dfa"], lrs=[0.03, 0.1], gain_match=["sign"],
+                 adam_rules=[], max_extend=0)
+    batched = Sweep(small, tmp_path / "b", jobs=1).run()
+    sequential = Sweep(small, tmp_path / "s", jobs=1, batched=False).run()
+    assert batched["execution"]["mode"] == "batched"
+    assert batched["execution"]["stacked_groups"] == 2  # SGD arms, then gain-matched bp
+    assert batched["execution"]["single_runs"] == 6  # dfa (3 lrs x 2 seeds) trains alone
+    assert sequential["execution"]["stacked_groups"] == 0
+    for cb, cs in zip(batched["analysis"]["contrasts"], sequential["analysis"]["contrasts"]):
+        for mb, ms in zip(cb["members"], cs["members"]):
+            assert mb["arm"] == ms["arm"] and mb["lr"] == ms["lr"]
+            assert mb["final_train_loss"]["estimate"] == pytest.approx(
+                ms["final_train_loss"]["estimate"], rel=1e-4)
+            assert mb["ratio_vs_ref"]["estimate"] == pytest.approx(
+                ms["ratio_vs_ref"]["estimate"], rel=1e-3)
+
+    # interrupted: two runs of the SGD group lost; the rest stays as it was
+    lost = [run_path(tmp_path / "b", "sign", 0.1, 0), run_path(tmp_path / "b", "fa", 0.03, 1)]
+    before = {p: p.read_text() for p in (tmp_path / "b" / "runs").rglob("*.jsonl")}
+    kept = {p: t for p, t in before.items() if p not in lost}
+    for p in lost:
+        p.unlink()
+    again = Sweep(small, tmp_path / "b", jobs=1).run()
+    assert again["execution"]["runs_trained"] == 2
+    for p, text in kept.items():
+        assert p.read_text() == text
+    for p in lost:
+        new = [json.loads(line) for line in p.read_text().splitlines()]
+        old = [json.loads(line) for line in before[p].splitlines()]
+        assert new[-1]["train_loss"] == pytest.approx(old[-1]["train_loss"], rel=1e-5)
