@@ -178,6 +178,7 @@ class _Optimizer:
             if bool((self.weight_decay != 0).any()):
                 grad = grad + wd * p
             lr = self._per_model(self.lrs[i] * lr_factor, p)
+            neg_lr = -lr
             if self.kind == "sgd":
                 mom = self._per_model(self.momentum, p)
                 if bool((self.momentum != 0).any()):
@@ -185,8 +186,9 @@ class _Optimizer:
                         self.state[i] = grad.clone()
                     else:
                         self.state[i].mul_(mom).add_(grad)
-                    grad = torch.where(mom != 0, self.state[i], grad)
-                p.sub_(lr * grad)
+                    grad = torch.where(mom != 0, self.state[i], grad) \
+                        if bool((self.momentum == 0).any()) else self.state[i]
+                p.addcmul_(grad, neg_lr)  # p - lr * grad in one pass
             else:
                 beta1, beta2 = ADAM_BETAS
                 if self.state[i] is None:
@@ -197,7 +199,7 @@ class _Optimizer:
                 bias_correction1 = 1 - beta1 ** self.steps
                 bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
                 denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-                p.sub_((lr / bias_correction1) * (exp_avg / denom))
+                p.addcmul_(exp_avg / denom, neg_lr / bias_correction1)
 
 
 def _lr_table(cfgs: list[TrainConfig], names: list[str], device) -> torch.Tensor:
