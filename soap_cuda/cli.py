@@ -273,17 +273,25 @@ def _cmd_sweep(args) -> int:
                      adam_rules=args.adam_rules, adam_lrs=args.adam_lrs,
                      max_extend=args.max_extend, target_loss=args.target_loss,
                      target_fraction=args.target_fraction, base=_base(args))
+    from .experiments import ranks
+
+    ranks.init_from_env(args.device)  # under torchrun: each rank trains its share of the runs
     t0 = time.perf_counter()
-    sweep = Sweep(spec, args.out, jobs=args.jobs, progress=not args.no_progress,
-                  log=lambda m: print(m, file=sys.stderr), batched=not args.sequential)
-    result = sweep.run()
-    n = sum(len(a["lrs"]) for a in result["arms"]) * spec.seeds
-    print(f"sweep: {n} runs in {time.perf_counter() - t0:.0f} s; results: "
-          f"{Path(args.out) / 'sweep.json'} (runs under {Path(args.out) / 'runs'})")
-    if not args.no_report:
-        path = write_report(args.out)
-        print(f"report: {path} (figures in {path.parent / 'figures'})")
-    return 0
+    try:
+        sweep = Sweep(spec, args.out, jobs=args.jobs, progress=not args.no_progress,
+                      log=lambda m: print(m, file=sys.stderr), batched=not args.sequential)
+        result = sweep.run()
+        if ranks.rank() != 0:
+            return 0
+        n = sum(len(a["lrs"]) for a in result["arms"]) * spec.seeds
+        print(f"sweep: {n} runs in {time.perf_counter() - t0:.0f} s; results: "
+              f"{Path(args.out) / 'sweep.json'} (runs under {Path(args.out) / 'runs'})")
+        if not args.no_report:
+            path = write_report(args.out)
+            print(f"report: {path} (figures in {path.parent / 'figures'})")
+        return 0
+    finally:
+        ranks.finish()
 
 
 def _cmd_report(args) -> int:

@@ -31,7 +31,14 @@ def _compiler_disabled(fn):
     return call
 
 
+# Set (to 1) by code whose process group is not a data-parallel one (a sweep spread over ranks:
+# soap_cuda/experiments/ranks.py), so that the schedule counts this process's examples only.
+WORLD_SIZE_OVERRIDE: int | None = None
+
+
 def world_size() -> int:
+    if WORLD_SIZE_OVERRIDE is not None:
+        return WORLD_SIZE_OVERRIDE
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

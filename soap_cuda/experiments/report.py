@@ -43,10 +43,12 @@ def _execution(sweep: dict) -> str:
     ex = sweep.get("execution") or {}
     if not ex:
         return ""
+    where = f"{ex['processes']} processes" + (
+        f" on each of {ex['ranks']} torchrun ranks" if ex.get("ranks", 1) > 1 else "")
     if ex["mode"] == "sequential":
-        return f", sequential: each run on its own, {ex['processes']} processes"
+        return f", sequential: each run on its own, {where}"
     return (f", batched: {ex['runs_in_stacked_groups']} runs in {ex['stacked_groups']} stacked "
-            f"groups, {ex['single_runs']} on their own, {ex['processes']} processes")
+            f"groups, {ex['single_runs']} on their own, {where}")
 
 
 def _sentence(c: dict, arm: str) -> str:

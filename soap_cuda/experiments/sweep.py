@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import ranks
 from .analysis import analyze
 from .config import TrainConfig
 from .controls import GAIN_KEYS, gain_matched_label, measured_gains
@@ -115,7 +116,8 @@ def _run_task(tasks: list[tuple[dict, str]]) -> tuple[int, int]:
 
     cfgs = [TrainConfig.from_dict(t[0]) for t in tasks]
     if len(tasks) == 1:
-        records = train(cfgs[0], out_path=tasks[0][1], data=_data_for(cfgs[0]))
+        with ranks.local_examples():
+            records = train(cfgs[0], out_path=tasks[0][1], data=_data_for(cfgs[0]))
         steps = [records[-2]["step"]] if len(records) > 1 and "step" in records[-2] else [0]
         return 1, steps[0]
     results = train_batched(cfgs, [t[1] for t in tasks], _data_for(cfgs[0]))
@@ -150,10 +152,11 @@ class Runner:
     """Runs training tasks, in `jobs` processes (1 = in this process); with `batched`, the runs
     that can share a stacked model train as one (soap_cuda/experiments/batched.py)."""
 
-    def __init__(self, jobs: int, progress: bool, batched: bool = True):
+    def __init__(self, jobs: int, progress: bool, batched: bool = True, out: Path = Path(".")):
         self.jobs = max(1, jobs)
         self.progress = progress
         self.batched = batched
+        self.out = out
         self.pool = None
         self.units: list[int] = []  # size of every unit run, for the report
         self.steps = 0
@@ -174,8 +177,9 @@ class Runner:
             return
         units = plan_units(tasks, self.batched, self.jobs)
         self.units += [len(u) for u in units]
+        mine = units[ranks.rank()::ranks.world()]  # every rank planned the same units
         bar = None
-        if self.progress:
+        if self.progress and ranks.rank() == 0:
             try:
                 from tqdm import tqdm
                 bar = tqdm(total=len(tasks), unit="run", desc=desc, file=sys.stderr,
@@ -191,14 +195,15 @@ class Runner:
                 bar.update(runs)
                 bar.set_postfix(steps_per_s=f"{self.steps / (time.perf_counter() - start):.0f}")
         if self.pool is None:
-            for unit in units:
+            for unit in mine:
                 done(_run_task(unit))
         else:
-            futures = [self.pool.submit(_run_task, unit) for unit in units]
+            futures = [self.pool.submit(_run_task, unit) for unit in mine]
             for fut in as_completed(futures):
                 done(fut.result())  # re-raises a worker's error here
         if bar is not None:
             bar.close()
+        ranks.share_run_files([path for unit in mine for _, path in unit], self.out)
 
 
 class Sweep:
@@ -262,7 +267,8 @@ class Sweep:
                         arm.notes.append(f"best lr {best.lr:g} was at the {best.at_edge} "
                                          f"edge of the grid: added lr "
                                          f"{', '.join(f'{x:g}' for x in new)}")
-                        self.log(f"[sweep] {arm.label}: {arm.notes[-1]}")
+                        if ranks.rank() == 0:
+                            self.log(f"[sweep] {arm.label}: {arm.notes[-1]}")
                         arm.lrs = sorted({*arm.lrs, *new})
                         extensions[arm.label] += 1
                         grew = True
@@ -278,7 +284,7 @@ class Sweep:
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         sgd_lrs = sorted({*spec.lrs, spec.fixed_lr})
-        with Runner(self.jobs, self.progress, self.batched) as runner:
+        with Runner(self.jobs, self.progress, self.batched, self.out) as runner:
             sgd = [Arm(r, r, "sgd", list(sgd_lrs)) for r in spec.rules]
             self.arms += sgd
             self._run_arms(sgd, runner, "SGD arms")
@@ -293,12 +299,13 @@ class Sweep:
             self._run_arms(adam, runner, "Adam arms")
         stacked = [u for u in runner.units if u > 1]
         self.execution = {"mode": "batched" if self.batched else "sequential",
-                          "processes": self.jobs, "runs_trained": sum(runner.units),
+                          "processes": self.jobs, "ranks": ranks.world(), "runs_trained": sum(runner.units),
                           "stacked_groups": len(stacked), "runs_in_stacked_groups": sum(stacked),
                           "single_runs": sum(1 for u in runner.units if u == 1)}
         result = self.summary(time.perf_counter() - t0)
-        with open(self.out / "sweep.json", "w") as f:
-            json.dump(result, f, indent=1)
+        if ranks.rank() == 0:
+            with open(self.out / "sweep.json", "w") as f:
+                json.dump(result, f, indent=1)
         return result
 
     def summary(self, wall_s: float | None = None) -> dict:
