@@ -72,9 +72,11 @@ SGD_RUNS = [dict(rule="bp", lr=0.1, seed=0, momentum=0.9, weight_decay=1e-3),
             dict(rule="scaled_sign", lr=0.1, seed=4),
             dict(rule="random_sign", lr=0.1, seed=5),
             dict(rule="bp", lr=0.1, seed=6, label="bp_gain_matched_sign",
-                 layer_lr_scale={"fc1": 2.0, "fc2": 0.5, "fc3": 1.0})]
+                 layer_lr_scale={"fc1": 2.0, "fc2": 0.5, "fc3": 1.0}),
+            dict(rule="kolen_pollack", lr=0.1, seed=7, momentum=0.9, weight_decay=1e-2)]
 ADAM_RUNS = [dict(rule="bp", lr=1e-3, seed=0, optimizer="adam"),
-             dict(rule="sign", lr=3e-3, seed=1, optimizer="adam", weight_decay=1e-2)]
+             dict(rule="sign", lr=3e-3, seed=1, optimizer="adam", weight_decay=1e-2),
+             dict(rule="kolen_pollack", lr=1e-3, seed=2, optimizer="adam")]
 
 
 @pytest.mark.parametrize("runs", [SGD_RUNS, ADAM_RUNS], ids=["sgd", "adam"])
@@ -101,7 +103,7 @@ def test_a_diverging_model_does_not_disturb_the_others(float64, digits64, tmp_pa
 
 def test_what_is_batchable():
     assert batchable(_cfg(rule="sign"))
-    assert not batchable(_cfg(rule="dfa")) and not batchable(_cfg(rule="kolen_pollack"))
+    assert batchable(_cfg(rule="kolen_pollack")) and not batchable(_cfg(rule="dfa"))
     assert not batchable(_cfg(rule="fa", model="lenet"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))

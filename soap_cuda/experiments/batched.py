@@ -9,8 +9,9 @@ rate, per-layer learning-rate scales, momentum, weight decay or Adam state, and 
 records to its own file; in float64 its curves equal the sequential run's to rounding. A model
 whose loss stops being finite is recorded as diverged, zeroed and frozen; the others go on.
 
-Batchable: `--model mlp` with the rules of BATCHED_RULES and SGD or Adam. Others (Kolen-Pollack,
-DFA, SOAP, the conv models) train one run at a time (`train()`).
+Batchable: `--model mlp` with the rules of BATCHED_RULES and SGD or Adam (a Kolen-Pollack
+model's B is a parameter of its own, given W's gradient, as in FALinear). Others (DFA, SOAP, the
+conv models) train one run at a time (`train()`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from .data import Dataset
 from .models import ACTIVATIONS, build_mlp
 from .train import DIVERGE_FACTOR, _epoch_order, _Writer, eval_subsets
 
-BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign")
+BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
+                 "kolen_pollack")
 BATCHED_OPTIMIZERS = ("sgd", "adam")
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
@@ -91,9 +93,23 @@ class StackedMLP:
         self.bp_models = torch.tensor([k for k, r in enumerate(self.rules) if r == "bp"],
                                       dtype=torch.long, device=device)
         self.copy_bp_weights()
+        # Kolen-Pollack models: B is trained with W's gradient (the others' B get none)
+        self.learns_b = any(r == "kolen_pollack" for r in self.rules)
+        self.kp_mask = torch.tensor([r == "kolen_pollack" for r in self.rules],
+                                    device=device).view(-1, 1, 1)
 
     def parameters(self) -> list[torch.Tensor]:
-        return [t for layer in self.layers for t in (layer.weight, layer.bias)]
+        """Per layer weight and bias (in FALinear's order), then b_matrix if any model learns
+        it (Kolen-Pollack)."""
+        return [t for layer in self.layers
+                for t in ((layer.weight, layer.bias, layer.b_matrix) if self.learns_b
+                          else (layer.weight, layer.bias))]
+
+    def give_b_its_gradient(self) -> None:
+        """Kolen-Pollack: B's gradient is a copy of W's (zero for the other models)."""
+        if self.learns_b:
+            for layer in self.layers:
+                layer.b_matrix.grad = layer.weight.grad * self.kp_mask
 
     @torch.no_grad()
     def copy_bp_weights(self) -> None:
@@ -202,13 +218,17 @@ class _Optimizer:
                 p.addcmul_(exp_avg / denom, neg_lr / bias_correction1)
 
 
-def _lr_table(cfgs: list[TrainConfig], names: list[str], device) -> torch.Tensor:
-    """(2 * layers, M): the learning rate of each (weight, bias) of each layer, per model, with
-    the gain-matched per-layer scales (as make_optimizer's param groups apply them)."""
+def _lr_table(cfgs: list[TrainConfig], names: list[str], device, learns_b: bool) -> torch.Tensor:
+    """(params, M): the learning rate of each of StackedMLP.parameters(), per model, with the
+    gain-matched per-layer scales (as make_optimizer's param groups apply them); a B row is
+    zero for the models whose B is not a parameter."""
     rows = []
     for name in names:
         lrs = [cfg.lr * float((cfg.layer_lr_scale or {}).get(name, 1.0)) for cfg in cfgs]
         rows += [lrs, lrs]
+        if learns_b:
+            rows.append([lr if cfg.rule == "kolen_pollack" else 0.0
+                         for lr, cfg in zip(lrs, cfgs)])
     return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
@@ -285,7 +305,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
 
     net = StackedMLP(cfgs, data)
-    opt = _Optimizer(cfg0.optimizer, net.parameters(), _lr_table(cfgs, net.names, device),
+    opt = _Optimizer(cfg0.optimizer, net.parameters(),
+                     _lr_table(cfgs, net.names, device, net.learns_b),
                      torch.tensor([c.momentum for c in cfgs], device=device),
                      torch.tensor([c.weight_decay for c in cfgs], device=device))
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
@@ -377,6 +398,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             losses = _per_model_loss(net.forward(x_all[idx]), y_all[idx])
             live = torch.tensor(alive, device=device)
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
+            net.give_b_its_gradient()
             opt.step(factor)
             net.copy_bp_weights()
             pos["batch"] += 1
