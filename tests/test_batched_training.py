@@ -74,12 +74,13 @@ SGD_RUNS = [dict(rule="bp", lr=0.1, seed=0, momentum=0.9, weight_decay=1e-3),
             dict(rule="bp", lr=0.1, seed=6, label="bp_gain_matched_sign",
                  layer_lr_scale={"fc1": 2.0, "fc2": 0.5, "fc3": 1.0}),
             dict(rule="kolen_pollack", lr=0.1, seed=7, momentum=0.9, weight_decay=1e-2)]
+DFA_RUNS = [dict(rule="dfa", lr=0.1, seed=0), dict(rule="dfa", lr=0.3, seed=1, momentum=0.9)]
 ADAM_RUNS = [dict(rule="bp", lr=1e-3, seed=0, optimizer="adam"),
              dict(rule="sign", lr=3e-3, seed=1, optimizer="adam", weight_decay=1e-2),
              dict(rule="kolen_pollack", lr=1e-3, seed=2, optimizer="adam")]
 
 
-@pytest.mark.parametrize("runs", [SGD_RUNS, ADAM_RUNS], ids=["sgd", "adam"])
+@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS], ids=["sgd", "dfa", "adam"])
 def test_each_model_reproduces_its_sequential_run(float64, digits64, runs):
     cfgs = [_cfg(**r) for r in runs]
     assert all(batchable(c) for c in cfgs) and len({group_key(c) for c in cfgs}) == 1
@@ -103,7 +104,8 @@ def test_a_diverging_model_does_not_disturb_the_others(float64, digits64, tmp_pa
 
 def test_what_is_batchable():
     assert batchable(_cfg(rule="sign"))
-    assert batchable(_cfg(rule="kolen_pollack")) and not batchable(_cfg(rule="dfa"))
+    assert batchable(_cfg(rule="kolen_pollack")) and batchable(_cfg(rule="dfa"))
+    assert group_key(_cfg(rule="dfa")) != group_key(_cfg(rule="fa"))  # B of another shape
     assert not batchable(_cfg(rule="fa", model="lenet"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))

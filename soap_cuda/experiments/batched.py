@@ -10,8 +10,10 @@ records to its own file; in float64 its curves equal the sequential run's to rou
 whose loss stops being finite is recorded as diverged, zeroed and frozen; the others go on.
 
 Batchable: `--model mlp` with the rules of BATCHED_RULES and SGD or Adam (a Kolen-Pollack
-model's B is a parameter of its own, given W's gradient, as in FALinear). Others (DFA, SOAP, the
-conv models) train one run at a time (`train()`).
+model's B is a parameter of its own, given W's gradient, as in FALinear; DFA models, whose B
+have the network's output size as rows, batch with each other only, and their projection of
+the output error is one batched GEMM for every model and layer). Others (SOAP, the conv models)
+train one run at a time (`train()`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from .models import ACTIVATIONS, build_mlp
 from .train import DIVERGE_FACTOR, _epoch_order, _Writer, eval_subsets
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
-                 "kolen_pollack")
+                 "kolen_pollack", "dfa")
 BATCHED_OPTIMIZERS = ("sgd", "adam")
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
@@ -50,7 +52,7 @@ def group_key(cfg: TrainConfig) -> tuple:
     """Runs with equal keys can share one stacked model."""
     d = cfg.to_dict()
     return tuple((k, repr(v)) for k, v in sorted(d.items()) if k not in PER_MODEL_FIELDS) + \
-        (("optimizer", cfg.optimizer),)
+        (("optimizer", cfg.optimizer), ("dfa", cfg.rule == "dfa"))
 
 
 @dataclass
@@ -75,6 +77,7 @@ class StackedMLP:
         self.names = [name for name, _ in models[0].named_children() if name.startswith("fc")]
         self.activation = ACTIVATIONS[cfgs[0].activation]()
         self.rules = [cfg.rule for cfg in cfgs]
+        self.dfa = self.rules[0] == "dfa"  # group_key keeps DFA models among themselves
         self.layers: list[_Layer] = []
         with torch.no_grad():
             for name in self.names:
@@ -121,9 +124,14 @@ class StackedMLP:
     def forward(self, x: torch.Tensor, backprop: bool = False, keep=None) -> torch.Tensor:
         """x (M, N, in), or (N, in) shared by every model -> logits (M, N, classes); `keep`
         collects each layer's output. `backprop`: every model's error through W."""
+        dfa = self.dfa and not backprop
+        taps = []  # DFA: each layer's input, to receive its error from the output's
         h = x
         for i, layer in enumerate(self.layers):
-            b = layer.weight.detach() if backprop else layer.b_matrix
+            b = layer.weight.detach() if backprop or dfa else layer.b_matrix
+            if dfa and h.requires_grad:
+                taps.append((h, layer.b_matrix))
+                h = h.detach()  # no error from layer to layer: dfa_output delivers it
             if h.dim() == 2:  # one input for all: one GEMM against every model's W at once
                 h = self._shared_input_layer(h, layer, b)
             else:
@@ -132,6 +140,9 @@ class StackedMLP:
                 keep.append(h)
             if i < len(self.layers) - 1:
                 h = self.activation(h)
+        if taps:
+            h = _StackedDFAOutput.apply(h, len(taps), *[t for t, _ in taps],
+                                        *[b for _, b in taps])
         return h
 
     def _shared_input_layer(self, x, layer, b):
@@ -159,6 +170,31 @@ class StackedMLP:
                 layer.weight[m].zero_()
                 layer.bias[m].zero_()
                 layer.b_matrix[m].zero_()
+
+
+class _StackedDFAOutput(torch.autograd.Function):
+    """soap_cuda.dfa's output identity for stacked models: its backward turns every model's
+    output error e (M, N, classes) into each recorded input's error e @ B_l, one batched GEMM
+    against every layer's B side by side."""
+
+    @staticmethod
+    def forward(ctx, output, count, *tensors):
+        inputs, matrices = tensors[:count], tensors[count:]
+        ctx.input_meta = [(x.shape, x.dtype) for x in inputs]
+        ctx.count = count
+        ctx.save_for_backward(*matrices)
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, error):
+        matrices = [b.to(error.dtype) for b in ctx.saved_tensors]
+        projected = torch.bmm(error, torch.cat(matrices, dim=2))  # (M, N, sum of k_l)
+        grads, start = [], 0
+        for (shape, dtype), b in zip(ctx.input_meta, matrices):
+            k = b.shape[2]
+            grads.append(projected[:, :, start:start + k].reshape(shape).to(dtype))
+            start += k
+        return (error, None, *grads, *([None] * ctx.count))
 
 
 def _per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -276,8 +312,11 @@ def _alignment(net: StackedMLP, probe) -> list[dict]:
     for i, (name, layer) in enumerate(zip(net.names, net.layers)):
         # bp models hold B = W, so their B-W angle is 0 as metrics.feedback_alignment gives
         columns = {}
-        columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(
-            layer.b_matrix, layer.weight)
+        if net.dfa:  # as metrics.feedback_alignment: a DFA B has no W of its shape
+            columns["bw_angle_deg"] = columns["bw_norm_ratio"] = [math.nan] * m
+        else:
+            columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(
+                layer.b_matrix, layer.weight)
         columns["err_angle_deg"], columns["err_norm_ratio"] = _angles_and_ratios(
             grads["rule"][i], grads["bp"][i])
         columns["wgrad_angle_deg"], columns["wgrad_norm_ratio"] = _angles_and_ratios(
