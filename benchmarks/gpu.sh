@@ -14,18 +14,20 @@
 # Time of each step on an H200 machine (16 cores), measured 2026-11-27; limit in brackets:
 #   nvidia-smi 0 s [20] | build 35 s [180] (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0; 13 s when
 #   already built) | backend 10 s [60] | cuda-tests 20 s [120] | memcheck 15 s [120] |
-#   report 50 s [150] | overhead 15 s [60] | other-tests, the whole CPU suite, about 200 s (140 s
-#   for its first third, which includes the torch.compile tests) [240]: about 6 minutes in all.
-#   The steps share a 420 s budget (GPU_SH_BUDGET); a step gets what is left, at most its own
-#   limit, so a slow CPU suite is cut before it can starve the report.
+#   report 50 s [150] | overhead 15 s [60] | sweep-speed, the default sweep stacked and
+#   --sequential (not yet timed on a GPU) [150] | other-tests, the whole CPU suite, about 200 s
+#   (140 s for its first third, which includes the torch.compile tests) [240]. The steps share a
+#   480 s budget (GPU_SH_BUDGET); a step gets what is left, at most its own limit, so a slow
+#   CPU suite is cut before it can starve the figures.
 #
 # Test selection: tests/conftest.py marks `cuda` every test whose name or parameters say cuda.
-# OUTDIR receives at most 5 files, no subfolders (a copy-back limit on the lent machines), each
+# OUTDIR receives at most 6 files, no subfolders (a copy-back limit on the lent machines), each
 # written as the steps go, unbuffered:
 #   summary.md        each step's status and wall time, then the report's tables
 #   gpu.log           every step's full output, in order
 #   report-cuda.md    the benchmark tables;  report-cuda.json  the same, in full
 #   overhead-cuda.md  host cost per layer call, by call path (benchmarks/overhead.py)
+#   sweep-speed-cuda.md  the default sweep, stacked against --sequential (sweep_speed.py)
 # A failed step does not stop the others; the exit status is non-zero if any step failed. The
 # summary tells a test failure (pytest's exit 1) from a sanitizer finding (exit 86).
 set -u
@@ -38,7 +40,7 @@ outdir=$(cd "$outdir" && pwd)
 log="$outdir/gpu.log"
 summary="$outdir/summary.md"
 python=${PYTHON:-python3}
-budget=${GPU_SH_BUDGET:-420}
+budget=${GPU_SH_BUDGET:-480}
 sanitizer_exit=86  # compute-sanitizer's exit code when it finds an error (pytest uses 1..5)
 : >"$log"
 printf '# benchmarks/gpu.sh%s\n\n| step | status | seconds |\n|---|---|---|\n' \
@@ -116,16 +118,21 @@ fi
 if [ $dry_run = 1 ]; then
   step report 150 "$python" -m benchmarks.report --device cpu --tiny --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cpu --reps 20 > '$outdir/overhead-cpu.md'"
+  step sweep-speed 150 "$python" -m benchmarks.sweep_speed --device cpu --quick \
+    --out "$outdir/sweep-speed-cpu.md"
 else
   step report 150 "$python" -m benchmarks.report --device cuda --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cuda > '$outdir/overhead-cuda.md'"
+  step sweep-speed 150 "$python" -m benchmarks.sweep_speed --device cuda \
+    --out "$outdir/sweep-speed-cuda.md"
 fi
 # GPU_SH_OTHER_TESTS: the test paths of this step (default all of tests/), for a rerun that
 # has no time for the whole CPU suite (CI runs it on every change anyway).
 read -r -a other_tests <<<"${GPU_SH_OTHER_TESTS:-tests}"
 step other-tests 240 env SOAP_CUDA_BACKEND=native "${pytest[@]}" "${other_tests[@]}" -m "not cuda"
 
-for f in report-cuda.md overhead-cuda.md report-cpu.md overhead-cpu.md; do
+for f in report-cuda.md overhead-cuda.md sweep-speed-cuda.md report-cpu.md overhead-cpu.md \
+         sweep-speed-cpu.md; do
   [ -f "$outdir/$f" ] && { echo; cat "$outdir/$f"; } >>"$summary"
 done
 echo "total ${SECONDS}s; results in $outdir" | tee -a "$log"
