@@ -215,7 +215,7 @@ def test_compile_matches_eager():
     F.cross_entropy(model(x), y).backward()
     eager = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    compiled = torch.compile(model, backend="aot_eager")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # no graph break
     F.cross_entropy(compiled(x), y).backward()
     for a, p in zip(eager, model.parameters()):
         torch.testing.assert_close(a, p.grad)
