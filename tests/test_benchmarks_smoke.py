@@ -62,3 +62,11 @@ def test_benchmark_suites_import(suite):
 def test_overhead_breakdown_runs(capsys):
     assert overhead.main(["--device", "cpu", "--reps", "3"]) == 0
     assert "FALinear module" in capsys.readouterr().out
+
+
+def test_train_loop_benchmark_runs_on_tiny_data(capsys):
+    from benchmarks import train_loop
+    assert train_loop.main(["--examples", "256", "--test-examples", "64", "--reps", "1",
+                            "--batch", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "hand-written loop, no evaluation | " in out and "default evaluation" in out
