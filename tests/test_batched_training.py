@@ -112,3 +112,15 @@ def test_what_is_batchable():
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", optimizer="adam"))
     with pytest.raises(ValueError, match="share one group_key"):
         train_batched([_cfg(rule="fa"), _cfg(rule="fa", hidden=[8])], [None, None], None)
+
+
+def test_a_model_whose_loss_turns_nan_between_evaluations_stops_where_train_stops(
+        float64, digits64):
+    """Step losses are read at evaluations only: a loss that stops being finite at step 2 is
+    still recorded at step 2, as the sequential run records it."""
+    runs = [dict(rule="fa", lr=0.1, seed=0), dict(rule="bp", lr=1e250, seed=1)]
+    cfgs = [_cfg(activation="relu", **r) for r in runs]
+    batched = train_batched(cfgs, [None, None], digits64)
+    assert [r["examples"] for r in batched[1][-2:]] == [32, 32]  # between evals (every 64)
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=digits64))

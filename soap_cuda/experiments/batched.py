@@ -40,7 +40,8 @@ BATCHED_OPTIMIZERS = ("sgd", "adam")
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
                     "weight_decay")
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them  # torch.optim.Adam's defaults, as make_optimizer uses
 
 
 def batchable(cfg: TrainConfig) -> bool:
@@ -360,7 +361,9 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     examples_seen = 0  # the sync schedule's counter, the same for every model
     t0 = time.perf_counter()
 
-    def log_eval(models: list[int], final: bool = False) -> None:
+    def log_eval(models: list[int], final: bool = False, at: tuple | None = None) -> None:
+        """An eval record for each of `models`, at `at` = (examples, step) or now."""
+        examples, step = at if at is not None else (pos["examples"], pos["step"])
         on = final_data if final else eval_data
         healthy = [k for k in models if not diverged[k]]
         if healthy:
@@ -371,8 +374,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                       for k in range(m_count)]
             layers = _alignment(net, probe) if align else None
         for k in models:
-            rec = {"kind": "eval", "examples": pos["examples"], "step": pos["step"],
-                   "epoch": pos["examples"] / n,
+            rec = {"kind": "eval", "examples": examples, "step": step, "epoch": examples / n,
                    "batch_loss": loss_sum[k] / loss_n[k] if loss_n[k] else None}
             if diverged[k]:
                 rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
@@ -395,10 +397,10 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             records[k].append(rec)
             writers[k].write(rec)
 
-    def finish(models: list[int]) -> None:
-        """These models' runs end (budget reached or diverged): one final evaluation for all
-        of them, then each one's final record."""
-        log_eval(models, final=True)
+    def finish(models: list[int], at: tuple | None = None) -> None:
+        """These models' runs end (budget reached, or diverged at `at`): one final evaluation
+        for all of them, then each one's final record."""
+        log_eval(models, final=True, at=at)
         for k in models:
             last = records[k][-1]
             dead = diverged[k] or bool(last.get("diverged"))
@@ -411,6 +413,28 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             writers[k].write(fin)
             alive[k] = False
             net.freeze(k)
+
+    # Step losses stay on the device until an evaluation (or every FLUSH_STEPS) reads them all
+    # at once: no host synchronisation per step. A model whose loss stopped being finite at
+    # step s is then recorded as stopped at s, exactly as train() stops it; the steps it took
+    # after s (on NaNs, in its own slice) touch no other model and are discarded.
+    pending: list[tuple] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        rows = torch.stack([p[0] for p in pending]).tolist()
+        for values, (_, take, examples, step) in zip(rows, pending):
+            for k in range(m_count):
+                if not alive[k]:
+                    continue
+                if not math.isfinite(values[k]):
+                    diverged[k] = True
+                    finish([k], at=(examples, step))
+                    continue
+                loss_sum[k] += values[k] * take
+                loss_n[k] += take
+        pending.clear()
 
     log_eval(list(range(m_count)))
     pos["evals"], next_eval = 1, eval_every
@@ -443,19 +467,13 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
-            values = losses.detach().tolist()
-            for k in range(m_count):
-                if not alive[k]:
-                    continue
-                if not math.isfinite(values[k]):
-                    diverged[k] = True
-                    finish([k])
-                    continue
-                loss_sum[k] += values[k] * take
-                loss_n[k] += take
+            pending.append((losses.detach(), take, pos["examples"], pos["step"]))
+            if len(pending) >= FLUSH_STEPS:
+                flush()
             if on_step is not None:
                 on_step(pos["step"])
             if pos["examples"] >= next_eval and pos["examples"] < budget:
+                flush()
                 live_models = [k for k in range(m_count) if alive[k]]
                 log_eval(live_models)
                 pos["evals"] += 1
@@ -467,5 +485,6 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         if pos["batch"] * cfg0.batch_size >= n:
             pos["epoch"] += 1
             pos["batch"] = 0
+    flush()
     finish([k for k in range(m_count) if alive[k]])
     return records
