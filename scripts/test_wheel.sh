@@ -7,7 +7,12 @@
 #   bash scripts/test_wheel.sh [pytest args]     # WHEEL_TEST_DIR: where to work (default: a temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=${WHEEL_TEST_DIR:-$(mktemp -d)}
+if [ -n "${WHEEL_TEST_DIR:-}" ]; then
+  work=$WHEEL_TEST_DIR
+else  # a temporary folder (a 6 GB environment): removed on the way out, pass or fail
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 pip_quiet=(-q --disable-pip-version-check)
