@@ -210,12 +210,17 @@ class _Optimizer:
     the same arithmetic as the single-tensor implementations, on stacked tensors."""
 
     def __init__(self, kind: str, params: list[torch.Tensor], lrs: torch.Tensor,
-                 momentum: torch.Tensor, weight_decay: torch.Tensor):
+                 momentum: list[float], weight_decay: list[float]):
         self.kind = kind
         self.params = params
         self.lrs = lrs  # (len(params), M): param i of model m
-        self.momentum = momentum
-        self.weight_decay = weight_decay
+        device = params[0].device
+        self.momentum = torch.tensor(momentum, device=device)
+        self.weight_decay = torch.tensor(weight_decay, device=device)
+        # decided on the host once: a device-side test per step would stall a GPU every step
+        self.any_decay = any(w != 0 for w in weight_decay)
+        self.any_momentum = any(m != 0 for m in momentum)
+        self.all_momentum = all(m != 0 for m in momentum)
         self.state = [None] * len(params)
         self.steps = 0
 
@@ -228,19 +233,19 @@ class _Optimizer:
         for i, p in enumerate(self.params):
             grad = p.grad
             wd = self._per_model(self.weight_decay, p)
-            if bool((self.weight_decay != 0).any()):
+            if self.any_decay:
                 grad = grad + wd * p
             lr = self._per_model(self.lrs[i] * lr_factor, p)
             neg_lr = -lr
             if self.kind == "sgd":
                 mom = self._per_model(self.momentum, p)
-                if bool((self.momentum != 0).any()):
+                if self.any_momentum:
                     if self.state[i] is None:
                         self.state[i] = grad.clone()
                     else:
                         self.state[i].mul_(mom).add_(grad)
                     grad = torch.where(mom != 0, self.state[i], grad) \
-                        if bool((self.momentum == 0).any()) else self.state[i]
+                        if not self.all_momentum else self.state[i]
                 p.addcmul_(grad, neg_lr)  # p - lr * grad in one pass
             else:
                 beta1, beta2 = ADAM_BETAS
@@ -347,8 +352,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     net = StackedMLP(cfgs, data)
     opt = _Optimizer(cfg0.optimizer, net.parameters(),
                      _lr_table(cfgs, net.names, device, net.learns_b),
-                     torch.tensor([c.momentum for c in cfgs], device=device),
-                     torch.tensor([c.weight_decay for c in cfgs], device=device))
+                     [c.momentum for c in cfgs], [c.weight_decay for c in cfgs])
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
                  "backend": soap_cuda.backend(), "torch": torch.__version__,
                  "batched": {"models": m_count}}] for c in cfgs]
@@ -440,6 +444,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     pos["evals"], next_eval = 1, eval_every
     x_all, y_all = data.x_train, data.y_train
     sync_models = [k for k, c in enumerate(cfgs) if c.rule in fb.SYNC_RULES]
+    live, live_version = None, -1
     while pos["examples"] < budget and any(alive):
         orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
         while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
@@ -459,7 +464,11 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             for p in opt.params:
                 p.grad = None
             losses = _per_model_loss(net.forward(x_all[idx]), y_all[idx])
-            live = torch.tensor(alive, device=device)
+            # dead models' slices compute on zeros and their losses stay out of the sum (kept on
+            # the device, refreshed only when a model stops: no host-to-device copy per step)
+            if live is None or live_version != alive.count(True):
+                live = torch.tensor(alive, device=device)
+                live_version = alive.count(True)
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
             net.give_b_its_gradient()
             opt.step(factor)
