@@ -124,3 +124,13 @@ def test_a_model_whose_loss_turns_nan_between_evaluations_stops_where_train_stop
     assert [r["examples"] for r in batched[1][-2:]] == [32, 32]  # between evals (every 64)
     for cfg, recs in zip(cfgs, batched):
         _same_run(recs, train(cfg, data=digits64))
+
+
+def test_schedules_match_the_sequential_runs(float64, digits64):
+    """A learning-rate drop and a sync at the first batch, as train() applies them."""
+    cfgs = [_cfg(lr_drops=[0.5], sync_at_start=True, **r) for r in
+            (dict(rule="sign", lr=0.1, seed=0, momentum=0.9), dict(rule="fa", lr=0.2, seed=1),
+             dict(rule="random_sign", lr=0.1, seed=2))]
+    batched = train_batched(cfgs, [None] * 3, digits64)
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=digits64))
