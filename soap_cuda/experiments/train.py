@@ -34,6 +34,7 @@ CHECKPOINT_VERSION = 1
 # its initial training loss: far worse than chance, it is not coming back within the budget.
 DIVERGE_FACTOR = 10.0
 CHECKPOINT_INTERVAL_S = 30.0
+FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them
 
 
 def _metrics_module():
@@ -268,6 +269,27 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             "position": dict(pos), "records": records,
             "elapsed_s": time.perf_counter() - t0})
 
+    # Step losses wait on the device and are read together (before every evaluation, every
+    # FLUSH_STEPS steps and at the end): no host synchronisation per step on a GPU. A loss that
+    # stopped being finite at step s ends the run as of step s, as if it had been read at once
+    # (the records and the position say s; the steps taken after it were on NaNs).
+    pending: list[tuple] = []
+
+    def flush() -> bool:
+        """Read the pending losses; True if one was not finite (the run diverged there)."""
+        if not pending:
+            return False
+        values = torch.stack([p[0].reshape(()) for p in pending]).tolist()
+        for value, (_, take, examples, step) in zip(values, pending):
+            if not math.isfinite(value):
+                pos["examples"], pos["step"] = examples, step
+                pending.clear()
+                return True
+            pos["batch_loss_sum"] += value * take
+            pos["batch_loss_n"] += take
+        pending.clear()
+        return False
+
     bar = _progress(budget, progress, cfg.name)
     if bar is not None:
         bar.update(pos["examples"])
@@ -293,18 +315,20 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                 return loss
 
             loss = opt.step(closure)
-            loss = float(loss.detach() if torch.is_tensor(loss) else loss)
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
+            pending.append((loss.detach() if torch.is_tensor(loss)
+                            else torch.tensor(float(loss)), take, pos["examples"], pos["step"]))
             if bar is not None:
                 bar.update(take)
-            if not math.isfinite(loss):
+            if len(pending) >= FLUSH_STEPS and flush():
                 diverged = True
                 break
-            pos["batch_loss_sum"] += loss * take
-            pos["batch_loss_n"] += take
             if pos["examples"] >= pos["next_eval"] and pos["examples"] < budget:
+                if flush():
+                    diverged = True
+                    break
                 rec = log_eval()
                 pos["evals"] += 1
                 pos["next_eval"] += eval_every
@@ -320,6 +344,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             pos["batch"] = 0
     if bar is not None:
         bar.close()
+    diverged = flush() or diverged
     last = log_eval(diverged=diverged, final=True)
     diverged = diverged or bool(last.get("diverged"))
     pos["evals"] += 1
