@@ -83,18 +83,25 @@ def test_mlp_slope_and_curvature_match_double_backward(dtype, h, rtol_c):
     assert rec["c_d"] == pytest.approx(curv, rel=rtol_c, abs=rounding)
 
 
-def test_fa_direction_on_an_fa_mlp_and_training_lowers_the_loss():
-    torch.manual_seed(torch.randint(0, 2**31, ()).item())
+def _soap_fa_run(steps=25):
     model = nn.Sequential(FALinear(6, 16, dtype=torch.float64), nn.Tanh(),
                           FALinear(16, 2, dtype=torch.float64))
     x = torch.randn(128, 6, dtype=torch.float64)
     y = torch.sin(x[:, :2]) + 0.5 * x[:, 2:4]
     opt = SOAP(model.parameters(), model=model, loss_fn=mse, h=1e-3, max_step=0.5)
-    first = None
-    for _ in range(25):
-        loss = opt.step(direction_closure(model, x, y), x, y).item()
-        first = first if first is not None else loss
-    assert loss < 0.7 * first
+    losses = [opt.step(direction_closure(model, x, y), x, y).item() for _ in range(steps)]
+    return opt, losses
+
+
+def test_fa_direction_on_an_fa_mlp_and_training_lowers_the_loss():
+    # On fresh draws the FA direction cuts the loss by 30% in 25 steps about 96 times in 100
+    # (150 seeds checked offline; in a few the FA direction makes almost no progress), and it
+    # never raised it: require the cut in 3 of 5 draws (fails about once in 1,500) and no rise.
+    torch.manual_seed(torch.randint(0, 2**31, ()).item())
+    runs = [_soap_fa_run() for _ in range(5)]
+    assert all(losses[-1] <= losses[0] * (1 + 1e-9) for _, losses in runs)
+    assert sum(losses[-1] < 0.7 * losses[0] for _, losses in runs) >= 3
+    opt = runs[0][0]
     rec = opt.history[0]
     assert {"g_d", "c_d", "alpha", "step_norm", "predicted_change", "actual_change"} <= set(rec)
     assert all(r["step_norm"] <= 0.5 + 1e-12 for r in opt.history)
