@@ -4,30 +4,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .fa_linear import _fail, _same
+
 OP = "soap_cuda::dfa_project"
 
 
 def check_dfa_project_args(error: Tensor, b_matrices) -> None:
     if not error.is_floating_point():
-        raise RuntimeError(f"{OP}: argument 'error' must be a floating-point tensor, got "
-                           f"{error.dtype}")
+        _fail(OP, "error", f"must be a floating-point tensor, got {error.dtype}")
     if error.dim() < 1:
-        raise RuntimeError(f"{OP}: argument 'error' must have at least 1 dimension (..., out), "
-                           f"got shape {list(error.shape)}")
+        _fail(OP, "error", f"must have at least 1 dimension (..., out), got shape "
+                           f"{list(error.shape)}")
     if len(b_matrices) == 0:
-        raise RuntimeError(f"{OP}: argument 'b_matrices' must not be empty")
+        _fail(OP, "b_matrices", "must not be empty")
     out = error.shape[-1]
     for i, b in enumerate(b_matrices):
         arg = f"b_matrices[{i}]"
         if b.dim() != 2 or b.shape[0] != out:
-            raise RuntimeError(f"{OP}: argument '{arg}' must have shape ({out}, k) (out = the "
-                               f"last dim of 'error'), got {list(b.shape)}")
-        if b.dtype != error.dtype:
-            raise RuntimeError(f"{OP}: argument '{arg}' must have the dtype of 'error' "
-                               f"({error.dtype}), got {b.dtype}")
-        if b.device != error.device:
-            raise RuntimeError(f"{OP}: argument '{arg}' must be on the device of 'error' "
-                               f"({error.device}), got {b.device}")
+            _fail(OP, arg, f"must have shape ({out}, k) (out = the last dim of 'error'), got "
+                           f"{list(b.shape)}")
+        _same(OP, arg, b, "error", error)
 
 
 def dfa_project(error: Tensor, b_matrices) -> Tensor:

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .fa_linear import _fail, _same
+
 OP = "soap_cuda::fa_linear_stacked"
-
-
-def _fail(op: str, arg: str, what: str):
-    raise RuntimeError(f"{op}: argument '{arg}' {what}")
-
-
-def _same(op, arg, t, ref_arg, ref):
-    if t.dtype != ref.dtype:
-        _fail(op, arg, f"must have the dtype of '{ref_arg}' ({ref.dtype}), got {t.dtype}")
-    if t.device != ref.device:
-        _fail(op, arg, f"must be on the device of '{ref_arg}' ({ref.device}), got {t.device}")
 
 
 def _dim(op, arg, t, dim):
