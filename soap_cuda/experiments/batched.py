@@ -32,7 +32,7 @@ from soap_cuda import feedback as fb
 from .config import TrainConfig
 from .data import Dataset
 from .models import ACTIVATIONS, build_mlp
-from .train import DIVERGE_FACTOR, _epoch_order, _Writer, eval_subsets
+from .train import _epoch_order, _Writer, diverged_by_loss, eval_subsets, final_record
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa")
@@ -393,8 +393,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                 else:
                     rec["layers"] = {}
                 rec["eval_examples"] = [len(on.y_train), len(on.y_test)]
-                evals = [r for r in records[k] if r["kind"] == "eval"]
-                if evals and not rec["train_loss"] <= DIVERGE_FACTOR * evals[0]["train_loss"]:
+                if diverged_by_loss(records[k], rec["train_loss"]):
                     rec["diverged"] = True
             rec["wall_s"] = time.perf_counter() - t0
             loss_sum[k], loss_n[k] = 0.0, 0
@@ -408,11 +407,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         for k in models:
             last = records[k][-1]
             dead = diverged[k] or bool(last.get("diverged"))
-            fin = {key: last.get(key) for key in ("examples", "train_loss", "train_acc",
-                                                  "test_loss", "test_acc")}
-            if dead:
-                fin["train_loss"] = fin["test_loss"] = math.inf
-            fin.update(kind="final", diverged=dead, wall_s=time.perf_counter() - t0)
+            fin = final_record(last, dead, time.perf_counter() - t0)
             records[k].append(fin)
             writers[k].write(fin)
             alive[k] = False

@@ -84,6 +84,23 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor],
         model.train(was_training)
 
 
+def diverged_by_loss(records: list[dict], train_loss: float) -> bool:
+    """A run's eval rule for divergence: the training loss is not finite, or exceeds
+    DIVERGE_FACTOR times its first evaluation's."""
+    evals = [r for r in records if r["kind"] == "eval"]
+    return bool(evals) and not train_loss <= DIVERGE_FACTOR * evals[0]["train_loss"]
+
+
+def final_record(last: dict, diverged: bool, wall_s: float) -> dict:
+    """The run's "final" record from its last evaluation (infinite losses if it diverged)."""
+    final = {k: last.get(k) for k in ("examples", "train_loss", "train_acc", "test_loss",
+                                       "test_acc")}
+    if diverged:
+        final["train_loss"] = final["test_loss"] = math.inf
+    final.update(kind="final", diverged=diverged, wall_s=wall_s)
+    return final
+
+
 def eval_subsets(data: Dataset, eval_examples: int) -> tuple[Dataset, Dataset]:
     """(what every evaluation looks at, what the final one does): at most `eval_examples` of
     each split, drawn once by a fixed permutation (seed 0, whatever the run's seed: every run on
@@ -242,8 +259,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             align = final or pos["evals"] % cfg.align_every == 0
             rec.update(evaluate(model, on, probe, alignment=align))
             rec["eval_examples"] = [len(on.y_train), len(on.y_test)]
-            evals = [r for r in records if r["kind"] == "eval"]
-            if evals and not rec["train_loss"] <= DIVERGE_FACTOR * evals[0]["train_loss"]:
+            if diverged_by_loss(records, rec["train_loss"]):
                 rec["diverged"] = True
         rec["wall_s"] = time.perf_counter() - t0
         pos["batch_loss_sum"], pos["batch_loss_n"] = 0.0, 0
@@ -350,11 +366,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     pos["evals"] += 1
     while pos["next_eval"] <= pos["examples"]:  # so a resumed run does not re-log this point
         pos["next_eval"] += eval_every
-    final = {k: last.get(k) for k in ("examples", "train_loss", "train_acc", "test_loss",
-                                       "test_acc")}
-    if diverged:
-        final["train_loss"] = final["test_loss"] = math.inf
-    final.update(kind="final", diverged=diverged, wall_s=time.perf_counter() - t0)
+    final = final_record(last, diverged, time.perf_counter() - t0)
     records.append(final)
     writer.write(final)
     checkpoint()
