@@ -232,14 +232,12 @@ class _Optimizer:
         self.steps += 1
         for i, p in enumerate(self.params):
             grad = p.grad
-            wd = self._per_model(self.weight_decay, p)
             if self.any_decay:
-                grad = grad + wd * p
-            lr = self._per_model(self.lrs[i] * lr_factor, p)
-            neg_lr = -lr
+                grad = grad + self._per_model(self.weight_decay, p) * p
+            neg_lr = -self._per_model(self.lrs[i] * lr_factor, p)
             if self.kind == "sgd":
-                mom = self._per_model(self.momentum, p)
                 if self.any_momentum:
+                    mom = self._per_model(self.momentum, p)
                     if self.state[i] is None:
                         self.state[i] = grad.clone()
                     else:
@@ -359,6 +357,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     writers = [_Writer(Path(p) if p is not None else None, r)
                for p, r in zip(out_paths, records)]
     alive = [True] * m_count
+    live = torch.ones(m_count, dtype=torch.bool, device=device)  # alive, on the device
     diverged = [False] * m_count
     loss_sum, loss_n = [0.0] * m_count, [0] * m_count
     pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0}
@@ -411,6 +410,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             records[k].append(fin)
             writers[k].write(fin)
             alive[k] = False
+            live[k] = False
             net.freeze(k)
 
     # Step losses stay on the device until an evaluation (or every FLUSH_STEPS) reads them all
@@ -439,7 +439,6 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     pos["evals"], next_eval = 1, eval_every
     x_all, y_all = data.x_train, data.y_train
     sync_models = [k for k, c in enumerate(cfgs) if c.rule in fb.SYNC_RULES]
-    live, live_version = None, -1
     while pos["examples"] < budget and any(alive):
         orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
         while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
@@ -459,11 +458,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             for p in opt.params:
                 p.grad = None
             losses = _per_model_loss(net.forward(x_all[idx]), y_all[idx])
-            # dead models' slices compute on zeros and their losses stay out of the sum (kept on
-            # the device, refreshed only when a model stops: no host-to-device copy per step)
-            if live is None or live_version != alive.count(True):
-                live = torch.tensor(alive, device=device)
-                live_version = alive.count(True)
+            # dead models' slices compute on zeros and their losses stay out of the sum
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
             net.give_b_its_gradient()
             opt.step(factor)
