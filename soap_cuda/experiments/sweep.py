@@ -118,8 +118,7 @@ def _run_task(tasks: list[tuple[dict, str]]) -> tuple[int, int]:
     if len(tasks) == 1:
         with ranks.local_examples():
             records = train(cfgs[0], out_path=tasks[0][1], data=_data_for(cfgs[0]))
-        steps = [records[-2]["step"]] if len(records) > 1 and "step" in records[-2] else [0]
-        return 1, steps[0]
+        return 1, records[-2].get("step", 0)  # the last evaluation, before "final"
     results = train_batched(cfgs, [t[1] for t in tasks], _data_for(cfgs[0]))
     return len(tasks), max(r[-2].get("step", 0) for r in results)
 
