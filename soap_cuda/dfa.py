@@ -31,7 +31,6 @@ _TAPES: list["_Tape"] = []  # one per model forward in progress (innermost last)
 
 @dataclass
 class _Tape:
-    model: nn.Module
     layers: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
@@ -78,7 +77,7 @@ def record(layer, input: Tensor, output: Tensor) -> None:
 
 
 def _open_tape(model, args) -> None:
-    _TAPES.append(_Tape(model))
+    _TAPES.append(_Tape())
 
 
 def _close_tape(model, args, output):
