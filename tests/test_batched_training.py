@@ -80,9 +80,16 @@ ADAM_RUNS = [dict(rule="bp", lr=1e-3, seed=0, optimizer="adam"),
              dict(rule="kolen_pollack", lr=1e-3, seed=2, optimizer="adam")]
 
 
-@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS], ids=["sgd", "dfa", "adam"])
+SOAP_RUNS = [dict(rule="soap", lr=1.0, seed=0), dict(rule="soap", lr=0.5, seed=1),
+             dict(rule="soap", lr=2.0, seed=2)]
+
+
+@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS, SOAP_RUNS],
+                         ids=["sgd", "dfa", "adam", "soap"])
 def test_each_model_reproduces_its_sequential_run(float64, digits64, runs):
     cfgs = [_cfg(**r) for r in runs]
+    if runs is SOAP_RUNS:  # and a learning-rate drop, which SOAP's step length follows
+        cfgs = [_cfg(lr_drops=[0.5], **r) for r in runs]
     assert all(batchable(c) for c in cfgs) and len({group_key(c) for c in cfgs}) == 1
     batched = train_batched(cfgs, [None] * len(cfgs), digits64)
     for cfg, recs in zip(cfgs, batched):
@@ -106,6 +113,9 @@ def test_what_is_batchable():
     assert batchable(_cfg(rule="sign"))
     assert batchable(_cfg(rule="kolen_pollack")) and batchable(_cfg(rule="dfa"))
     assert group_key(_cfg(rule="dfa")) != group_key(_cfg(rule="fa"))  # B of another shape
+    assert batchable(_cfg(rule="soap")) and group_key(_cfg(rule="soap")) != group_key(
+        _cfg(rule="fa"))  # a step of its own
+    assert not batchable(_cfg(rule="soap", layer_lr_scale={"fc1": 2.0}))
     assert not batchable(_cfg(rule="fa", model="lenet"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))

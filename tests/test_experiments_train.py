@@ -169,3 +169,27 @@ def test_checkpoints_by_time_unless_told_every_k_evaluations(digits, tmp_path, m
     monkeypatch.setattr(train_module, "CHECKPOINT_INTERVAL_S", 0.0)
     train(cfg(), checkpoint_path=tmp_path / "c.pt", data=digits)
     assert len(writes) == 8  # each of the 7 intermediate evaluations, and the end
+
+
+def test_soap_measures_its_losses_in_one_float64_pass(digits, monkeypatch):
+    """train() hands SOAP the batch: the three losses of a step come from one batched pass of
+    per-example float64 sums, never from float32 closure calls at shifted weights (whose
+    rounding would drown the curvature, a second difference)."""
+    from soap_cuda.optim import SOAP
+
+    def no_closure_losses(*args, **kwargs):
+        raise AssertionError("SOAP fell back to closure losses")
+    monkeypatch.setattr(SOAP, "_closure_loss", no_closure_losses)
+    seen = []
+    original = SOAP.step
+
+    def step(self, closure, inputs=None, targets=None):
+        loss = original(self, closure, inputs, targets)
+        seen.append((self.history[-1]["kind"], self.history[-1]["actual_change"]))
+        return loss
+    monkeypatch.setattr(SOAP, "step", step)
+    recs = train(cfg(rule="soap", lr=1.0, epochs=1), data=digits)
+    assert math.isfinite(recs[-1]["train_loss"]) and recs[-1]["train_loss"] < evals(recs)[0][
+        "train_loss"]
+    assert seen and any(kind == "newton" for kind, _ in seen)
+    assert all(actual is None for _, actual in seen)  # no loss pass after the step

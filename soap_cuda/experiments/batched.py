@@ -12,8 +12,9 @@ whose loss stops being finite is recorded as diverged, zeroed and frozen; the ot
 Batchable: `--model mlp` with the rules of BATCHED_RULES and SGD or Adam (a Kolen-Pollack
 model's B is a parameter of its own, given W's gradient, as in FALinear; DFA models, whose B
 have the network's output size as rows, batch with each other only, and their projection of
-the output error is one batched GEMM for every model and layer). Others (SOAP, the conv models)
-train one run at a time (`train()`).
+the output error is one batched GEMM for every model and layer; SOAP models batch with each
+other only, their steps taken by batched_soap.StackedSOAP). The conv models train one run at a
+time (`train()`).
 """
 from __future__ import annotations
 
@@ -32,28 +33,30 @@ from soap_cuda import feedback as fb
 from .config import TrainConfig
 from .data import Dataset
 from .models import ACTIVATIONS, build_mlp
+from .batched_soap import StackedSOAP
 from .train import _epoch_order, _Writer, diverged_by_loss, eval_subsets, final_record
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
-                 "kolen_pollack", "dfa")
+                 "kolen_pollack", "dfa", "soap")
 BATCHED_OPTIMIZERS = ("sgd", "adam")
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
                     "weight_decay")
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
-FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them  # torch.optim.Adam's defaults, as make_optimizer uses
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
+FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them
 
 
 def batchable(cfg: TrainConfig) -> bool:
+    # SOAP takes one learning rate for the whole model: per-layer scales stay sequential
     return cfg.model == "mlp" and cfg.rule in BATCHED_RULES and \
-        cfg.optimizer in BATCHED_OPTIMIZERS
+        cfg.optimizer in BATCHED_OPTIMIZERS and not (cfg.rule == "soap" and cfg.layer_lr_scale)
 
 
 def group_key(cfg: TrainConfig) -> tuple:
     """Runs with equal keys can share one stacked model."""
     d = cfg.to_dict()
     return tuple((k, repr(v)) for k, v in sorted(d.items()) if k not in PER_MODEL_FIELDS) + \
-        (("optimizer", cfg.optimizer), ("dfa", cfg.rule == "dfa"))
+        (("optimizer", cfg.optimizer), ("dfa", cfg.rule == "dfa"), ("soap", cfg.rule == "soap"))
 
 
 @dataclass
@@ -144,6 +147,16 @@ class StackedMLP:
         if taps:
             h = _StackedDFAOutput.apply(h, len(taps), *[t for t, _ in taps],
                                         *[b for _, b in taps])
+        return h
+
+    def logits_at(self, x: torch.Tensor, weights: list[tuple]) -> torch.Tensor:
+        """x (M, N, in) -> logits (M, N, classes) with [(weight, bias)] per layer in place of
+        the models' own (no feedback, no autograd: SOAP's shifted forward passes)."""
+        h = x
+        for i, (weight, bias) in enumerate(weights):
+            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            if i < len(weights) - 1:
+                h = self.activation(h)
         return h
 
     def _shared_input_layer(self, x, layer, b):
@@ -348,9 +361,12 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
 
     net = StackedMLP(cfgs, data)
-    opt = _Optimizer(cfg0.optimizer, net.parameters(),
-                     _lr_table(cfgs, net.names, device, net.learns_b),
-                     [c.momentum for c in cfgs], [c.weight_decay for c in cfgs])
+    if cfg0.rule == "soap":  # group_key keeps SOAP models among themselves
+        opt = StackedSOAP(net.parameters(), net.logits_at, [c.lr for c in cfgs])
+    else:
+        opt = _Optimizer(cfg0.optimizer, net.parameters(),
+                         _lr_table(cfgs, net.names, device, net.learns_b),
+                         [c.momentum for c in cfgs], [c.weight_decay for c in cfgs])
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
                  "backend": soap_cuda.backend(), "torch": torch.__version__,
                  "batched": {"models": m_count}}] for c in cfgs]
@@ -457,11 +473,15 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                     net.sync([k for k in sync_models if alive[k]])
             for p in opt.params:
                 p.grad = None
-            losses = _per_model_loss(net.forward(x_all[idx]), y_all[idx])
+            xb, yb = x_all[idx], y_all[idx]
+            losses = _per_model_loss(net.forward(xb), yb)
             # dead models' slices compute on zeros and their losses stay out of the sum
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
-            net.give_b_its_gradient()
-            opt.step(factor)
+            if isinstance(opt, StackedSOAP):
+                opt.step(xb, yb, factor)
+            else:
+                net.give_b_its_gradient()
+                opt.step(factor)
             net.copy_bp_weights()
             pos["batch"] += 1
             pos["step"] += 1

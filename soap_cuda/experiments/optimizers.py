@@ -5,13 +5,17 @@ layer, so the optimizer itself applies them.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..optim import SOAP
 from .models import fa_layers
 
 OPTIMIZERS = ("sgd", "adam")
+SOAP_LOSS = functools.partial(F.cross_entropy, reduction="none")  # per example, as SOAP takes it
 
 
 class ConfigError(ValueError):
@@ -40,7 +44,10 @@ def make_optimizer(model: nn.Module, rule: str, optimizer: str, lr: float, momen
                    weight_decay: float = 0.0, layer_lr_scale: dict[str, float] | None = None):
     groups = param_groups(model, lr, layer_lr_scale)
     if rule == "soap":
-        return SOAP(groups, lr=lr)
+        # The three losses of a step come from one batched pass, as per-example float64 sums
+        # (train() passes the batch): float32 means would drown the curvature, a second
+        # difference over a shift of h, in rounding. No loss after the step: nothing reads it.
+        return SOAP(groups, model=model, loss_fn=SOAP_LOSS, lr=lr, measure_actual=False)
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if optimizer == "adam":

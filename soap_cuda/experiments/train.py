@@ -330,7 +330,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                 loss.backward()
                 return loss
 
-            loss = opt.step(closure)
+            # SOAP measures its step's three losses on this batch in one batched pass
+            loss = opt.step(closure, xb, yb) if cfg.rule == "soap" else opt.step(closure)
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
