@@ -12,9 +12,11 @@ from torch import nn
 
 import soap_cuda
 
-from .train_steps import TrainSteps, fixed_batch
+from .train_steps import OPTIMIZER_ONLY, TrainSteps, fixed_batch
 
-KINDS = ("nn.Linear", "fa", "kolen_pollack", "dfa")
+# "fa optimizer" times the FA step's optimizer update alone: a Kolen-Pollack B, a parameter of
+# the same optimizer with W's gradient, costs at least one more of it (and the gradient copy)
+KINDS = ("nn.Linear", "fa", "kolen_pollack", "dfa", "fa" + OPTIMIZER_ONLY)
 
 
 @dataclass(frozen=True)

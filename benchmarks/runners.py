@@ -147,4 +147,5 @@ def run_rules(device: str, dtypes, shapes, plan: Plan) -> list[dict]:
         "shape": shape.name, "batch": shape.batch,
         "fa_over_bp": ms["fa"] / ms["nn.Linear"],
         "kp_over_fa": ms["kolen_pollack"] / ms["fa"],
+        "kp_floor_over_fa": 1 + ms["fa optimizer"] / ms["fa"],
         "dfa_over_bp": ms["dfa"] / ms["nn.Linear"]})

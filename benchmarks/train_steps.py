@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+OPTIMIZER_ONLY = " optimizer"  # a kind "fa optimizer": fa's optimizer.step() alone
+
+
 class TrainSteps:
     def __init__(self, models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor):
         self.models = models
@@ -16,6 +19,8 @@ class TrainSteps:
         self.x, self.y = x, y
 
     def step(self, kind: str):
+        if kind.endswith(OPTIMIZER_ONLY):
+            return self.optimizer_step(kind[:-len(OPTIMIZER_ONLY)])
         model, opt = self.models[kind], self.opts[kind]
 
         def run():
@@ -23,6 +28,13 @@ class TrainSteps:
             F.cross_entropy(model(self.x), self.y).backward()
             opt.step()
         return run
+
+
+    def optimizer_step(self, kind: str):
+        """Only the optimizer's update of `kind`'s parameters (their gradients from one whole
+        step first; the variant's own steps keep them there)."""
+        self.step(kind)()
+        return self.opts[kind].step
 
 
 def fixed_batch(batch: int, example_shape, classes: int, device, dtype):
