@@ -116,7 +116,11 @@ def test_what_is_batchable():
     assert batchable(_cfg(rule="soap")) and group_key(_cfg(rule="soap")) != group_key(
         _cfg(rule="fa"))  # a step of its own
     assert not batchable(_cfg(rule="soap", layer_lr_scale={"fc1": 2.0}))
-    assert not batchable(_cfg(rule="fa", model="lenet"))
+    assert batchable(_cfg(rule="fa", model="lenet"))
+    assert batchable(_cfg(rule="kolen_pollack", model="resnet20"))
+    assert not batchable(_cfg(rule="dfa", model="lenet"))
+    assert not batchable(_cfg(rule="soap", model="lenet"))
+    assert group_key(_cfg(rule="fa", model="lenet")) != group_key(_cfg(rule="fa"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", optimizer="adam"))
@@ -144,3 +148,44 @@ def test_schedules_match_the_sequential_runs(float64, digits64):
     batched = train_batched(cfgs, [None] * 3, digits64)
     for cfg, recs in zip(cfgs, batched):
         _same_run(recs, train(cfg, data=digits64))
+
+
+@pytest.fixture(scope="module")
+def mnist32_64():
+    d = load_dataset("mnist5k", train_examples=64, test_examples=24, pad_to=32)
+    return Dataset(d.name, d.description, d.x_train.double(), d.y_train, d.x_test.double(),
+                   d.y_test, d.num_classes, d.image_shape)
+
+
+CONV_BASE = dict(dataset="mnist5k", epochs=1, batch_size=16, eval_every=32,
+                 probe_examples=16, sync_every=32, eval_examples=20, align_every=2)
+LENET_RUNS = [dict(rule="bp", lr=0.1, seed=0, momentum=0.9, weight_decay=1e-3),
+              dict(rule="fa", lr=0.2, seed=1),
+              dict(rule="sign", lr=0.05, seed=2, momentum=0.5),
+              dict(rule="rescaled_sign", lr=0.1, seed=3),
+              dict(rule="random_sign", lr=0.1, seed=4),
+              dict(rule="bp", lr=0.1, seed=5, label="bp_gain_matched_sign",
+                   layer_lr_scale={"net.0": 2.0, "net.3": 0.5, "net.6": 1.0, "net.9": 1.5,
+                                   "net.11": 1.0}),
+              dict(rule="kolen_pollack", lr=0.1, seed=6, momentum=0.9, weight_decay=1e-2)]
+RESNET_RUNS = [dict(rule="bp", lr=0.05, seed=0, momentum=0.9, weight_decay=1e-3),
+               dict(rule="fa", lr=0.05, seed=1),
+               dict(rule="kolen_pollack", lr=0.05, seed=2, weight_decay=1e-2)]
+
+
+@pytest.mark.parametrize("model,runs,optimizer", [
+    ("lenet", LENET_RUNS, "sgd"), ("lenet", LENET_RUNS[1:4], "adam"),
+    ("resnet20", RESNET_RUNS, "sgd")], ids=["lenet-sgd", "lenet-adam", "resnet20-sgd"])
+def test_each_conv_model_reproduces_its_sequential_run(float64, mnist32_64, model, runs,
+                                                       optimizer):
+    """Grouped convolutions, per-model batch norm statistics, option-A shortcuts and the
+    flatten into the stacked linear layers: each model's curves and alignment equal its own
+    run's."""
+    if optimizer == "adam":
+        runs = [{**r, "lr": r["lr"] / 100, "momentum": 0.0} for r in runs]
+    cfgs = [TrainConfig(**{**CONV_BASE, **r, "model": model, "optimizer": optimizer})
+            for r in runs]
+    assert all(batchable(c) for c in cfgs) and len({group_key(c) for c in cfgs}) == 1
+    batched = train_batched(cfgs, [None] * len(cfgs), mnist32_64)
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=mnist32_64))

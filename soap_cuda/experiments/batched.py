@@ -33,12 +33,14 @@ from soap_cuda import feedback as fb
 from .config import TrainConfig
 from .data import Dataset
 from .models import ACTIVATIONS, build_mlp
+from .batched_conv import StackedConvNet
 from .batched_soap import StackedSOAP
 from .train import _epoch_order, _Writer, diverged_by_loss, eval_subsets, final_record
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa", "soap")
 BATCHED_OPTIMIZERS = ("sgd", "adam")
+CONV_MODELS = ("lenet", "resnet20")  # stacked by batched_conv.StackedConvNet
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
                     "weight_decay")
@@ -47,9 +49,12 @@ FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host re
 
 
 def batchable(cfg: TrainConfig) -> bool:
+    if cfg.rule not in BATCHED_RULES or cfg.optimizer not in BATCHED_OPTIMIZERS:
+        return False
+    if cfg.model != "mlp":  # conv models: the rules whose B has W's shape, SGD and Adam
+        return cfg.model in CONV_MODELS and cfg.rule not in ("dfa", "soap")
     # SOAP takes one learning rate for the whole model: per-layer scales stay sequential
-    return cfg.model == "mlp" and cfg.rule in BATCHED_RULES and \
-        cfg.optimizer in BATCHED_OPTIMIZERS and not (cfg.rule == "soap" and cfg.layer_lr_scale)
+    return not (cfg.rule == "soap" and cfg.layer_lr_scale)
 
 
 def group_key(cfg: TrainConfig) -> tuple:
@@ -104,6 +109,7 @@ class StackedMLP:
         self.learns_b = any(r == "kolen_pollack" for r in self.rules)
         self.kp_mask = torch.tensor([r == "kolen_pollack" for r in self.rules],
                                     device=device).view(-1, 1, 1)
+        self.eval_chunk = 8192  # examples per evaluation pass
 
     def parameters(self) -> list[torch.Tensor]:
         """Per layer weight and bias (in FALinear's order), then b_matrix if any model learns
@@ -111,6 +117,18 @@ class StackedMLP:
         return [t for layer in self.layers
                 for t in ((layer.weight, layer.bias, layer.b_matrix) if self.learns_b
                           else (layer.weight, layer.bias))]
+
+    def param_specs(self) -> list[tuple]:
+        """(layer name, is B) per parameters() entry: what its learning rate is."""
+        return [(name, is_b) for name in self.names
+                for is_b in ((False, False, True) if self.learns_b else (False, False))]
+
+    def train(self, mode: bool = True) -> None:
+        """Nothing in an MLP computes differently in evaluation."""
+
+    def per_model(self, t: torch.Tensor, output: bool = False) -> torch.Tensor:
+        """A stacked parameter or a layer's output (M, N, out), as (M, -1)."""
+        return t.reshape(t.shape[0], -1)
 
     def give_b_its_gradient(self) -> None:
         """Kolen-Pollack: B's gradient is a copy of W's (zero for the other models)."""
@@ -238,13 +256,16 @@ class _Optimizer:
         self.steps = 0
 
     def _per_model(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        return values.to(like.dtype).view(-1, 1)
 
     @torch.no_grad()
     def step(self, lr_factor: float) -> None:
+        """Every parameter viewed as (M, -1) (model-major in every stacked layout), so one
+        column of per-model values scales each model's slice."""
         self.steps += 1
-        for i, p in enumerate(self.params):
-            grad = p.grad
+        for i, param in enumerate(self.params):
+            p = param.view(self.lrs.shape[1], -1)
+            grad = param.grad.reshape(p.shape)
             if self.any_decay:
                 grad = grad + self._per_model(self.weight_decay, p) * p
             neg_lr = -self._per_model(self.lrs[i] * lr_factor, p)
@@ -271,23 +292,23 @@ class _Optimizer:
                 p.addcmul_(exp_avg / denom, neg_lr / bias_correction1)
 
 
-def _lr_table(cfgs: list[TrainConfig], names: list[str], device, learns_b: bool) -> torch.Tensor:
-    """(params, M): the learning rate of each of StackedMLP.parameters(), per model, with the
-    gain-matched per-layer scales (as make_optimizer's param groups apply them); a B row is
+def _lr_table(cfgs: list[TrainConfig], specs: list[tuple], device) -> torch.Tensor:
+    """(params, M): the learning rate of each of a stacked net's parameters(), per model, from
+    its param_specs() (FA layer name or None, is B): the gain-matched per-layer scales as
+    make_optimizer's param groups apply them (other parameters at the base rate); a B row is
     zero for the models whose B is not a parameter."""
     rows = []
-    for name in names:
-        lrs = [cfg.lr * float((cfg.layer_lr_scale or {}).get(name, 1.0)) for cfg in cfgs]
-        rows += [lrs, lrs]
-        if learns_b:
-            rows.append([lr if cfg.rule == "kolen_pollack" else 0.0
-                         for lr, cfg in zip(lrs, cfgs)])
+    for name, is_b in specs:
+        lrs = [cfg.lr * float((cfg.layer_lr_scale or {}).get(name, 1.0)) if name else cfg.lr
+               for cfg in cfgs]
+        rows.append([lr if cfg.rule == "kolen_pollack" else 0.0 for lr, cfg in zip(lrs, cfgs)]
+                    if is_b else lrs)
     return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
 @torch.no_grad()
-def _loss_acc(net: StackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192):
-    m = len(net.rules)
+def _loss_acc(net, x: torch.Tensor, y: torch.Tensor):
+    m, chunk = len(net.rules), net.eval_chunk
     total = torch.zeros(m, dtype=torch.float64, device=x.device)
     correct = torch.zeros(m, dtype=torch.int64, device=x.device)
     for i in range(0, len(y), chunk):
@@ -301,9 +322,9 @@ def _loss_acc(net: StackedMLP, x: torch.Tensor, y: torch.Tensor, chunk: int = 81
 
 
 def _angles_and_ratios(a: torch.Tensor, b: torch.Tensor) -> tuple[list, list]:
-    """Per model (leading dim): metrics.angle_deg(a[k], b[k]) and metrics.norm_ratio(a[k],
-    b[k]), all models at once, in float64."""
-    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).double()
+    """Per model (rows of (M, -1) tensors): metrics.angle_deg(a[k], b[k]) and
+    metrics.norm_ratio(a[k], b[k]), all models at once, in float64."""
+    a, b = a.detach().double(), b.detach().double()
     na, nb = a.norm(dim=1), b.norm(dim=1)
     cos = torch.clamp((a * b).sum(1) / (na * nb), -1.0, 1.0)
     angle = torch.where(na * nb == 0, torch.nan, torch.rad2deg(torch.acos(cos)))
@@ -311,7 +332,7 @@ def _angles_and_ratios(a: torch.Tensor, b: torch.Tensor) -> tuple[list, list]:
     return angle.tolist(), ratio.tolist()
 
 
-def _alignment(net: StackedMLP, probe) -> list[dict]:
+def _alignment(net, probe) -> list[dict]:
     """Per model: metrics.feedback_alignment and error_signal_alignment, for all models at once
     (error signals and weight gradients by each model's rule, then by backprop)."""
     x, y = probe
@@ -333,11 +354,12 @@ def _alignment(net: StackedMLP, probe) -> list[dict]:
             columns["bw_angle_deg"] = columns["bw_norm_ratio"] = [math.nan] * m
         else:
             columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(
-                layer.b_matrix, layer.weight)
+                net.per_model(layer.b_matrix), net.per_model(layer.weight))
         columns["err_angle_deg"], columns["err_norm_ratio"] = _angles_and_ratios(
-            grads["rule"][i], grads["bp"][i])
+            net.per_model(grads["rule"][i], output=True),
+            net.per_model(grads["bp"][i], output=True))
         columns["wgrad_angle_deg"], columns["wgrad_norm_ratio"] = _angles_and_ratios(
-            grads["rule"][n + i], grads["bp"][n + i])
+            net.per_model(grads["rule"][n + i]), net.per_model(grads["bp"][n + i]))
         for k in range(m):
             result[k][name] = {key: values[k] for key, values in columns.items()}
     return result
@@ -360,12 +382,12 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     probe = (data.x_train[:cfg0.probe_examples], data.y_train[:cfg0.probe_examples])
     eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
 
-    net = StackedMLP(cfgs, data)
+    net = StackedMLP(cfgs, data) if cfg0.model == "mlp" else StackedConvNet(cfgs, data)
     if cfg0.rule == "soap":  # group_key keeps SOAP models among themselves
         opt = StackedSOAP(net.parameters(), net.logits_at, [c.lr for c in cfgs])
     else:
         opt = _Optimizer(cfg0.optimizer, net.parameters(),
-                         _lr_table(cfgs, net.names, device, net.learns_b),
+                         _lr_table(cfgs, net.param_specs(), device),
                          [c.momentum for c in cfgs], [c.weight_decay for c in cfgs])
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
                  "backend": soap_cuda.backend(), "torch": torch.__version__,
@@ -386,12 +408,14 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         on = final_data if final else eval_data
         healthy = [k for k in models if not diverged[k]]
         if healthy:
+            net.train(False)  # as train()'s evaluate: batch norm on its running statistics
             train_loss, train_acc = _loss_acc(net, on.x_train, on.y_train)
             test_loss, test_acc = _loss_acc(net, on.x_test, on.y_test)
             align = final or pos["evals"] % cfg0.align_every == 0
             finite = [math.isfinite(train_loss[k]) and math.isfinite(test_loss[k])
                       for k in range(m_count)]
             layers = _alignment(net, probe) if align else None
+            net.train(True)
         for k in models:
             rec = {"kind": "eval", "examples": examples, "step": step, "epoch": examples / n,
                    "batch_loss": loss_sum[k] / loss_n[k] if loss_n[k] else None}
