@@ -188,7 +188,9 @@ class StackedConvNet:
         self.learns_b = any(r == "kolen_pollack" for r in self.rules)
         self.kp_mask = torch.tensor([r == "kolen_pollack" for r in self.rules],
                                     device=device).view(-1, 1)
-        self.eval_chunk = max(1, 4096 // self.m)  # examples per evaluation pass, x M images
+        # examples per evaluation pass (x M images): a CPU is fastest with passes that stay in
+        # its caches (256 LeNet images: 0.56 s for 1,000 examples of 8 models, 0.79 s at 512)
+        self.eval_chunk = max(1, (256 if device.type == "cpu" else 8192) // self.m)
 
     def _own_parameters(self):
         """(tensor, FA layer name or None, is B) for every trained tensor."""
