@@ -15,7 +15,7 @@
 #   nvidia-smi 0 s [20] | build 35 s [180] (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0; 13 s when
 #   already built) | backend 10 s [60] | cuda-tests 20 s [120] | memcheck 15 s [120] |
 #   report 50 s [150] | overhead 15 s [60] | sweep-speed, the default sweep stacked and
-#   --sequential (not yet timed on a GPU) [150] | other-tests, the whole CPU suite, about 200 s
+#   --sequential, then a short LeNet-5 sweep both ways (not yet timed on a GPU) [200] | other-tests, the whole CPU suite, about 200 s
 #   (140 s for its first third, which includes the torch.compile tests) [240]. The steps share a
 #   480 s budget (GPU_SH_BUDGET); a step gets what is left, at most its own limit, so a slow
 #   CPU suite is cut before it can starve the figures.
@@ -27,7 +27,8 @@
 #   gpu.log           every step's full output, in order
 #   report-cuda.md    the benchmark tables;  report-cuda.json  the same, in full
 #   overhead-cuda.md  host cost per layer call, by call path (benchmarks/overhead.py)
-#   sweep-speed-cuda.md  the default sweep, stacked against --sequential (sweep_speed.py)
+#   sweep-speed-cuda.md  the default sweep and a short LeNet-5 one, stacked against --sequential
+#                     (sweep_speed.py)
 # A failed step does not stop the others; the exit status is non-zero if any step failed. The
 # summary tells a test failure (pytest's exit 1) from a sanitizer finding (exit 86).
 set -u
@@ -115,16 +116,22 @@ else
     compute-sanitizer --tool memcheck --error-exitcode $sanitizer_exit \
     "${pytest[@]}" "${own_kernel_tests[@]}" -m "cuda and not allocator_stats"
 fi
+# conv models stacked: LeNet-5 as grouped convolutions (a short sweep: --quick, half an epoch;
+# in a dry run a check that it runs, on 1,000 examples)
+lenet_sweep="--model lenet --epochs 0.5"
 if [ $dry_run = 1 ]; then
+  lenet_sweep="$lenet_sweep --train-examples 1000 --test-examples 200"
   step report 150 "$python" -m benchmarks.report --device cpu --tiny --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cpu --reps 20 > '$outdir/overhead-cpu.md'"
-  step sweep-speed 150 "$python" -m benchmarks.sweep_speed --device cpu --quick \
-    --out "$outdir/sweep-speed-cpu.md"
+  step sweep-speed 150 sh -c "'$python' -m benchmarks.sweep_speed --device cpu --quick \
+    --out '$outdir/sweep-speed-cpu.md' && '$python' -m benchmarks.sweep_speed --device cpu \
+    --quick --out '$outdir/sweep-speed-cpu.md' --append -- $lenet_sweep"
 else
   step report 150 "$python" -m benchmarks.report --device cuda --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cuda > '$outdir/overhead-cuda.md'"
-  step sweep-speed 150 "$python" -m benchmarks.sweep_speed --device cuda \
-    --out "$outdir/sweep-speed-cuda.md"
+  step sweep-speed 200 sh -c "'$python' -m benchmarks.sweep_speed --device cuda \
+    --out '$outdir/sweep-speed-cuda.md' && '$python' -m benchmarks.sweep_speed --device cuda \
+    --quick --out '$outdir/sweep-speed-cuda.md' --append -- $lenet_sweep"
 fi
 # GPU_SH_OTHER_TESTS: the test paths of this step (default all of tests/), for a rerun that
 # has no time for the whole CPU suite (CI runs it on every change anyway).

@@ -2,7 +2,8 @@
 (processes started, data loaded, every run trained and analysed; no report), and whether the
 two analyses agree.
 
-  python -m benchmarks.sweep_speed [--device cpu|cuda] [--quick] [--out FILE.md] [-- SWEEP ARGS]
+  python -m benchmarks.sweep_speed [--device cpu|cuda] [--quick] [--out FILE.md [--append]]
+                                  [-- SWEEP ARGS]
 
 --quick: 2 seeds, 2 learning rates, no Adam arms (a check that the comparison runs). Extra
 arguments after `--` go to both sweeps.
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    p.add_argument("--append", action="store_true", help="add to --out instead of replacing it")
     args = p.parse_args(argv)
     extra = (QUICK if args.quick else []) + extra
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +55,9 @@ def main(argv=None) -> int:
     rb, rs = ratios(b), ratios(s)
     worst = max((abs(rb[k] - rs[k]) / rs[k] for k in rs if k in rb and rs[k]), default=0.0)
     ex = b["execution"]
-    lines = [f"Default sweep{' (--quick)' if args.quick else ''} on {args.device}, "
+    settings = " ".join(extra[len(QUICK):] if args.quick else extra)
+    lines = [f"Default sweep{' (--quick)' if args.quick else ''}"
+             f"{' with ' + settings if settings else ''} on {args.device}, "
              f"{ex['runs_trained']} runs, {ex['processes']} processes; batched: "
              f"{ex['runs_in_stacked_groups']} runs in {ex['stacked_groups']} stacked groups, "
              f"{ex['single_runs']} alone.", "",
@@ -66,7 +70,8 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(("\n" if args.append else "") + text + "\n")
     return 0
 
 
