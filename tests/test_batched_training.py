@@ -118,7 +118,7 @@ def test_what_is_batchable():
     assert not batchable(_cfg(rule="soap", layer_lr_scale={"fc1": 2.0}))
     assert batchable(_cfg(rule="fa", model="lenet"))
     assert batchable(_cfg(rule="kolen_pollack", model="resnet20"))
-    assert not batchable(_cfg(rule="dfa", model="lenet"))
+    assert batchable(_cfg(rule="dfa", model="lenet"))
     assert not batchable(_cfg(rule="soap", model="lenet"))
     assert group_key(_cfg(rule="fa", model="lenet")) != group_key(_cfg(rule="fa"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
@@ -173,9 +173,14 @@ RESNET_RUNS = [dict(rule="bp", lr=0.05, seed=0, momentum=0.9, weight_decay=1e-3)
                dict(rule="kolen_pollack", lr=0.05, seed=2, weight_decay=1e-2)]
 
 
+CONV_DFA_RUNS = [dict(rule="dfa", lr=0.1, seed=0), dict(rule="dfa", lr=0.05, seed=1, momentum=0.9)]
+
+
 @pytest.mark.parametrize("model,runs,optimizer", [
     ("lenet", LENET_RUNS, "sgd"), ("lenet", LENET_RUNS[1:4], "adam"),
-    ("resnet20", RESNET_RUNS, "sgd")], ids=["lenet-sgd", "lenet-adam", "resnet20-sgd"])
+    ("resnet20", RESNET_RUNS, "sgd"), ("lenet", CONV_DFA_RUNS, "sgd"),
+    ("resnet20", CONV_DFA_RUNS, "sgd")],
+    ids=["lenet-sgd", "lenet-adam", "resnet20-sgd", "lenet-dfa", "resnet20-dfa"])
 def test_each_conv_model_reproduces_its_sequential_run(float64, mnist32_64, model, runs,
                                                        optimizer):
     """Grouped convolutions, per-model batch norm statistics, option-A shortcuts and the

@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .data import Dataset
 from .models import ACTIVATIONS, build_mlp
 from .batched_conv import StackedConvNet
+from .batched_dfa import dfa_output
 from .batched_soap import StackedSOAP
 from .train import _epoch_order, _Writer, diverged_by_loss, eval_subsets, final_record
 
@@ -53,7 +54,7 @@ def batchable(cfg: TrainConfig) -> bool:
     if cfg.rule not in BATCHED_RULES or cfg.optimizer not in BATCHED_OPTIMIZERS:
         return False
     if cfg.model != "mlp":  # conv models: the rules whose B has W's shape, SGD and Adam
-        return cfg.model in CONV_MODELS and cfg.rule not in ("dfa", "soap")
+        return cfg.model in CONV_MODELS and cfg.rule != "soap"
     # SOAP takes one learning rate for the whole model: per-layer scales stay sequential
     return not (cfg.rule == "soap" and cfg.layer_lr_scale)
 
@@ -164,8 +165,7 @@ class StackedMLP:
             if i < len(self.layers) - 1:
                 h = self.activation(h)
         if taps:
-            h = _StackedDFAOutput.apply(h, len(taps), *[t for t, _ in taps],
-                                        *[b for _, b in taps])
+            h = dfa_output(h, [(t, b, True) for t, b in taps])
         return h
 
     def logits_at(self, x: torch.Tensor, weights: list[tuple]) -> torch.Tensor:
@@ -203,31 +203,6 @@ class StackedMLP:
                 layer.weight[m].zero_()
                 layer.bias[m].zero_()
                 layer.b_matrix[m].zero_()
-
-
-class _StackedDFAOutput(torch.autograd.Function):
-    """soap_cuda.dfa's output identity for stacked models: its backward turns every model's
-    output error e (M, N, classes) into each recorded input's error e @ B_l, one batched GEMM
-    against every layer's B side by side."""
-
-    @staticmethod
-    def forward(ctx, output, count, *tensors):
-        inputs, matrices = tensors[:count], tensors[count:]
-        ctx.input_meta = [(x.shape, x.dtype) for x in inputs]
-        ctx.count = count
-        ctx.save_for_backward(*matrices)
-        return output.view_as(output)
-
-    @staticmethod
-    def backward(ctx, error):
-        matrices = [b.to(error.dtype) for b in ctx.saved_tensors]
-        projected = torch.bmm(error, torch.cat(matrices, dim=2))  # (M, N, sum of k_l)
-        grads, start = [], 0
-        for (shape, dtype), b in zip(ctx.input_meta, matrices):
-            k = b.shape[2]
-            grads.append(projected[:, :, start:start + k].reshape(shape).to(dtype))
-            start += k
-        return (error, None, *grads, *([None] * ctx.count))
 
 
 def _per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

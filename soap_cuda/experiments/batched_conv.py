@@ -28,6 +28,7 @@ from soap_cuda.conv import FAConv2d
 from soap_cuda.functional import fa_conv
 from soap_cuda.modules import FALinear
 
+from .batched_dfa import dfa_output
 from .conv_models import BasicBlock, ResNetCifar, _ShortcutA
 from .models import build_conv, fa_layers
 
@@ -40,7 +41,37 @@ def _cat(tensors) -> torch.Tensor:
     return torch.cat([t.detach() for t in tensors])
 
 
-class _StackedConv(nn.Module):
+def _feedback_matrices(layers, like_weight: bool) -> torch.Tensor:
+    """The models' B in their stacked weight's layout (`like_weight`: side by side along W's
+    first dim), or stacked (M, ...): linear layers, and every DFA B, (M, classes, k)."""
+    if like_weight and layers[0].feedback != "dfa":
+        return _cat(layer.b_matrix for layer in layers)
+    return torch.stack([layer.b_matrix.detach() for layer in layers])
+
+
+class _StackedLayer(nn.Module):
+    """What the stacked FA layers share: B, the rule override of the alignment probes, and
+    DFA's tape (set by StackedConvNet.forward: a list to put (input, B, layout) on)."""
+
+    def _setup(self, layers, concatenated: bool) -> None:
+        self.register_buffer("b_matrix", _feedback_matrices(layers, concatenated))
+        self.dfa = layers[0].feedback == "dfa"
+        self.feedback_override = None  # "bp": the error through W (the alignment probes)
+        self.tape = None
+
+    def _compute(self, x: torch.Tensor, fa, models_first: bool) -> torch.Tensor:
+        """fa(input, B) with B = W under "bp"; under DFA the input is detached (its error
+        comes from the network's output error) and recorded on the tape."""
+        if self.feedback_override == "bp" or self.dfa:
+            if self.dfa and self.feedback_override is None and self.tape is not None \
+                    and x.requires_grad:
+                self.tape.append((x, self.b_matrix, models_first))
+                x = x.detach()
+            return fa(x, self.weight.detach())
+        return fa(x, self.b_matrix)
+
+
+class _StackedConv(_StackedLayer):
     def __init__(self, layers: list[FAConv2d]):
         super().__init__()
         first = layers[0]
@@ -49,32 +80,32 @@ class _StackedConv(nn.Module):
         self.weight = nn.Parameter(_cat(layer.weight for layer in layers))
         self.bias = None if first.bias is None else nn.Parameter(
             _cat(layer.bias for layer in layers))
-        self.register_buffer("b_matrix", _cat(layer.b_matrix for layer in layers))
+        self._setup(layers, concatenated=True)
         self.stride, self.padding = list(first.stride), list(first.padding)
         self.dilation, self.groups = list(first.dilation), first.groups * len(layers)
-        self.feedback_override = None  # "bp": the error through W (the alignment probes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.weight.detach() if self.feedback_override == "bp" else self.b_matrix
-        return fa_conv(x, self.weight, self.bias, b, self.stride, self.padding, self.dilation,
-                       self.groups)
+        return self._compute(x, lambda x, b: fa_conv(
+            x, self.weight, self.bias, b, self.stride, self.padding, self.dilation,
+            self.groups), models_first=False)
 
 
-class _StackedLinear(nn.Module):
+class _StackedLinear(_StackedLayer):
     def __init__(self, layers: list[FALinear]):
         super().__init__()
         self.models = len(layers)
         self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
         self.bias = None if layers[0].bias is None else nn.Parameter(
             torch.stack([layer.bias.detach() for layer in layers]))
-        self.register_buffer("b_matrix", torch.stack([layer.b_matrix for layer in layers]))
-        self.feedback_override = None
+        self._setup(layers, concatenated=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # flattened channels side by side: model-major
-            x = x.view(x.shape[0], self.models, -1).transpose(0, 1)
-        b = self.weight.detach() if self.feedback_override == "bp" else self.b_matrix
-        return torch.ops.soap_cuda.fa_linear_stacked(x.contiguous(), self.weight, self.bias, b)
+        def fa(x, b):
+            if x.dim() == 2:  # flattened channels side by side: model-major
+                x = x.view(x.shape[0], self.models, -1).transpose(0, 1)
+            return torch.ops.soap_cuda.fa_linear_stacked(x.contiguous(), self.weight, self.bias,
+                                                         b)
+        return self._compute(x, fa, models_first=x.dim() == 3)
 
 
 class _StackedBatchNorm(nn.Module):
@@ -156,9 +187,12 @@ class StackedConvNet:
                                      cfg.sync_every, device, cfg.sync_at_start))
         self.m = len(models)
         self.rules = [cfg.rule for cfg in cfgs]
-        self.dfa = False
+        self.dfa = self.rules[0] == "dfa"  # group_key keeps DFA models among themselves
         self.names = [name for name, _ in fa_layers(models[0])]
         self.module = copy.deepcopy(models[0])
+        for mod in self.module.modules():  # DFA's tape hooks: the stacked net keeps its own
+            mod._forward_pre_hooks.clear()
+            mod._forward_hooks.clear()
         with torch.no_grad():
             for name, first in list(models[0].named_modules()):
                 if not name:
@@ -197,7 +231,7 @@ class StackedConvNet:
         fa = {id(mod): name for name, mod in zip(self.names, self.fa_modules)}
         out = []
         for mod in self.module.modules():
-            if isinstance(mod, (_StackedConv, _StackedLinear, _StackedBatchNorm)):
+            if isinstance(mod, (_StackedLayer, _StackedBatchNorm)):
                 name = fa.get(id(mod))
                 out += [(p, name, False) for p in (mod.weight, mod.bias) if p is not None]
                 if name is not None and self.learns_b:
@@ -241,15 +275,19 @@ class StackedConvNet:
         hooks = [] if keep is None else [
             mod.register_forward_hook(lambda _, __, out: keep.append(out))
             for mod in self.fa_modules]
+        tape = [] if self.dfa and not backprop and torch.is_grad_enabled() else None
         for mod in self.fa_modules:
             mod.feedback_override = "bp" if backprop else None
+            mod.tape = tape
         try:
-            return self.module(x)
+            out = self.module(x)
         finally:
             for mod in self.fa_modules:
                 mod.feedback_override = None
+                mod.tape = None
             for hook in hooks:
                 hook.remove()
+        return dfa_output(out, tape) if tape else out
 
     def sync(self, models: list[int]) -> None:
         proxies = [layer.proxies[k] for layer in self.layers for k in models
