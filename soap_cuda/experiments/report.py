@@ -11,7 +11,6 @@ from pathlib import Path
 
 from . import plots
 from .analysis import analyze
-from .controls import gain_matched_label
 from .runs import RunStore
 from .sweep import load_sweep
 
@@ -125,7 +124,6 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
     figs["gain"] = plots.gains(gain_cs, figdir / "gains.png")
     rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
 
-    base = spec["base"]
     first = store.records("bp", best["bp"]["lr"], seeds[0])[0]
     data = first["data"]
     cfg = first["config"]
