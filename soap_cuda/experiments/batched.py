@@ -14,8 +14,8 @@ model's B is a parameter of its own, given W's gradient, as in FALinear; DFA mod
 have the network's output size as rows, batch with each other only, and their projection of
 the output error is one batched GEMM for every model and layer; SOAP models batch with each
 other only, their steps taken by batched_soap.StackedSOAP). The conv models (LeNet-5,
-ResNet-20) stack as batched_conv.StackedConvNet, with every rule but DFA and SOAP, which train
-their conv runs one at a time (`train()`).
+ResNet-20) stack as batched_conv.StackedConvNet, with every rule but SOAP, which trains its
+conv runs one at a time (`train()`: its conv steps measure their losses by closure calls).
 """
 from __future__ import annotations
 
