@@ -43,14 +43,14 @@ def _close(a, b, rel=1e-9):
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
 
 
-def _same_run(batched, sequential):
+def _same_run(batched, sequential, rel=1e-9):
     assert [r["kind"] for r in batched] == [r["kind"] for r in sequential]
     assert batched[0]["config"] == sequential[0]["config"]
     for b, s in zip(batched[1:], sequential[1:]):
         assert b["examples"] == s["examples"]
         for key in ("train_loss", "test_loss", "train_acc", "test_acc", "batch_loss"):
             if key in s:
-                assert _close(b.get(key), s.get(key)), (key, b.get(key), s.get(key), b)
+                assert _close(b.get(key), s.get(key), rel), (key, b.get(key), s.get(key), b)
         assert b.get("diverged") == s.get("diverged")
         if s["kind"] == "eval":
             assert b.get("eval_examples") == s.get("eval_examples")
@@ -119,7 +119,7 @@ def test_what_is_batchable():
     assert batchable(_cfg(rule="fa", model="lenet"))
     assert batchable(_cfg(rule="kolen_pollack", model="resnet20"))
     assert batchable(_cfg(rule="dfa", model="lenet"))
-    assert not batchable(_cfg(rule="soap", model="lenet"))
+    assert batchable(_cfg(rule="soap", model="lenet"))
     assert group_key(_cfg(rule="fa", model="lenet")) != group_key(_cfg(rule="fa"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))
@@ -174,13 +174,22 @@ RESNET_RUNS = [dict(rule="bp", lr=0.05, seed=0, momentum=0.9, weight_decay=1e-3)
 
 
 CONV_DFA_RUNS = [dict(rule="dfa", lr=0.1, seed=0), dict(rule="dfa", lr=0.05, seed=1, momentum=0.9)]
+CONV_SOAP_RUNS = [dict(rule="soap", lr=0.2, seed=0), dict(rule="soap", lr=0.1, seed=1)]
+# SOAP's step length divides by a curvature measured as a second difference of losses over a
+# shift of h / ||d||: the rounding of a deep net's float64 losses (grouped and single
+# convolutions sum in different orders, ~1e-14) reaches each step of a ResNet-20 as ~1e-9
+# relative, and the curves drift apart by about that much per step (7.8e-10 after four steps
+# at lr 0.2; 4e-6 at lr 1, whose steps are five times longer). A wrong step is off by far more.
+SOAP_REL = 1e-7
 
 
 @pytest.mark.parametrize("model,runs,optimizer", [
     ("lenet", LENET_RUNS, "sgd"), ("lenet", LENET_RUNS[1:4], "adam"),
     ("resnet20", RESNET_RUNS, "sgd"), ("lenet", CONV_DFA_RUNS, "sgd"),
-    ("resnet20", CONV_DFA_RUNS, "sgd")],
-    ids=["lenet-sgd", "lenet-adam", "resnet20-sgd", "lenet-dfa", "resnet20-dfa"])
+    ("resnet20", CONV_DFA_RUNS, "sgd"), ("lenet", CONV_SOAP_RUNS, "sgd"),
+    ("resnet20", CONV_SOAP_RUNS, "sgd")],
+    ids=["lenet-sgd", "lenet-adam", "resnet20-sgd", "lenet-dfa", "resnet20-dfa", "lenet-soap",
+         "resnet20-soap"])
 def test_each_conv_model_reproduces_its_sequential_run(float64, mnist32_64, model, runs,
                                                        optimizer):
     """Grouped convolutions, per-model batch norm statistics, option-A shortcuts and the
@@ -193,4 +202,4 @@ def test_each_conv_model_reproduces_its_sequential_run(float64, mnist32_64, mode
     assert all(batchable(c) for c in cfgs) and len({group_key(c) for c in cfgs}) == 1
     batched = train_batched(cfgs, [None] * len(cfgs), mnist32_64)
     for cfg, recs in zip(cfgs, batched):
-        _same_run(recs, train(cfg, data=mnist32_64))
+        _same_run(recs, train(cfg, data=mnist32_64), SOAP_REL if runs is CONV_SOAP_RUNS else 1e-9)

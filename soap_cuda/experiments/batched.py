@@ -14,8 +14,9 @@ model's B is a parameter of its own, given W's gradient, as in FALinear; DFA mod
 have the network's output size as rows, batch with each other only, and their projection of
 the output error is one batched GEMM for every model and layer; SOAP models batch with each
 other only, their steps taken by batched_soap.StackedSOAP). The conv models (LeNet-5,
-ResNet-20) stack as batched_conv.StackedConvNet, with every rule but SOAP, which trains its
-conv runs one at a time (`train()`: its conv steps measure their losses by closure calls).
+ResNet-20) stack as batched_conv.StackedConvNet, every rule included (a SOAP conv step measures
+its losses as SOAP's closure path does). Only SOAP runs with per-layer learning-rate scales
+train one at a time (`train()`).
 """
 from __future__ import annotations
 
@@ -51,10 +52,9 @@ FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host re
 
 
 def batchable(cfg: TrainConfig) -> bool:
-    if cfg.rule not in BATCHED_RULES or cfg.optimizer not in BATCHED_OPTIMIZERS:
+    if cfg.rule not in BATCHED_RULES or cfg.optimizer not in BATCHED_OPTIMIZERS or \
+            cfg.model not in ("mlp", *CONV_MODELS):
         return False
-    if cfg.model != "mlp":  # conv models: the rules whose B has W's shape, SGD and Adam
-        return cfg.model in CONV_MODELS and cfg.rule != "soap"
     # SOAP takes one learning rate for the whole model: per-layer scales stay sequential
     return not (cfg.rule == "soap" and cfg.layer_lr_scale)
 
@@ -360,7 +360,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
 
     net = StackedMLP(cfgs, data) if cfg0.model == "mlp" else StackedConvNet(cfgs, data)
     if cfg0.rule == "soap":  # group_key keeps SOAP models among themselves
-        opt = StackedSOAP(net.parameters(), net.logits_at, [c.lr for c in cfgs])
+        opt = StackedSOAP(net, [c.lr for c in cfgs])
     else:
         opt = _Optimizer(cfg0.optimizer, net.parameters(),
                          _lr_table(cfgs, net.param_specs(), device),
@@ -478,7 +478,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             # dead models' slices compute on zeros and their losses stay out of the sum
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
             if isinstance(opt, StackedSOAP):
-                opt.step(xb, yb, factor)
+                opt.step(xb, yb, losses.detach(), factor)
             else:
                 net.give_b_its_gradient()
                 opt.step(factor)

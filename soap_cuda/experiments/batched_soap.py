@@ -28,45 +28,75 @@ H, MAX_STEP, FALLBACK_LR, MIN_CURVATURE = (
     _soap_default(k) for k in ("h", "max_step", "fallback_lr", "min_curvature"))
 
 
-def _per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(M,) values as `like`'s dtype, shaped to broadcast over its trailing dims."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
 class StackedSOAP:
-    """`params`: per layer the stacked weight (M, out, in) and bias (M, out), in the models'
-    parameter order (the order of SOAP's norm sum); `logits(x, weights)` runs the stacked
-    models at the given [(weight, bias)] per layer; `lrs`: each model's learning rate."""
+    """SOAP's step for every model of a stacked net (StackedMLP or StackedConvNet), with `lrs`
+    each model's learning rate. The three losses of a step are measured as `train()`'s SOAP
+    measures them: for an MLP as SOAP's batched pass does (net.logits_at at explicit weights,
+    per-example float64 sums, L0 among them); for a conv net as its closure path does (SOAP
+    batches linear layers only): the parameters shifted in place, the net's training forward
+    (batch norm statistics move, as the closure's passes move them), each model's mean loss at
+    the model's precision, L0 the step's own loss. Every parameter views as (M, -1)."""
 
-    def __init__(self, params: list[torch.Tensor], logits, lrs: list[float]):
-        self.params = params
-        self.logits = logits
-        self.lr = torch.tensor(lrs, dtype=torch.float64, device=params[0].device)
+    def __init__(self, net, lrs: list[float]):
+        self.net = net
+        self.params = net.parameters()
+        self.batched_pass = hasattr(net, "logits_at")
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=self.params[0].device)
+        self.m = len(lrs)
 
-    def _mean_losses(self, x: torch.Tensor, y: torch.Tensor, params) -> torch.Tensor:
-        """Each model's mean loss over its rows at `params`: (M,) float64, from per-example
-        losses in float64 as SOAP sums them."""
-        out = self.logits(x, list(zip(params[0::2], params[1::2])))
+    def _flat(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(self.m, -1)
+
+    def _column(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.to(like.dtype).view(-1, 1)
+
+    def _mean_losses_at(self, x, y, directions, t) -> torch.Tensor:
+        """MLP: each model's mean loss at theta + t d (theta: t None), (M,) float64, from
+        per-example float64 losses as SOAP's batched pass sums them."""
+        weights = self.params if t is None else [
+            (self._flat(p) + self._column(t, p) * d).view_as(p)
+            for p, d in zip(self.params, directions)]
+        out = self.net.logits_at(x, list(zip(weights[0::2], weights[1::2])))
         m, n, c = out.shape
         return F.cross_entropy(out.reshape(m * n, c), y.reshape(m * n),
                                reduction="none").double().view(m, n).mean(1)
 
+    def _closure_losses_at(self, x, y, directions, t) -> torch.Tensor:
+        """Conv net: each model's mean loss with its parameters shifted by t d in place (and
+        shifted back), as SOAP's closure path measures it."""
+        shifts = [self._column(t, p) * d for p, d in zip(self.params, directions)]
+        for p, shift in zip(self.params, shifts):
+            self._flat(p).add_(shift)
+        try:
+            out = self.net.forward(x)
+        finally:
+            for p, shift in zip(self.params, shifts):
+                self._flat(p).sub_(shift)
+        m, n, c = out.shape
+        return F.cross_entropy(out.reshape(m * n, c), y.reshape(m * n),
+                               reduction="none").view(m, n).mean(1).double()
+
     @torch.no_grad()
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr_factor: float = 1.0) -> None:
+    def step(self, x: torch.Tensor, y: torch.Tensor, losses: torch.Tensor,
+             lr_factor: float = 1.0) -> None:
         """After backward() filled every parameter's .grad: one SOAP step for every model on
-        its own batch (x (M, N, in), y (M, N)), at learning rate lr * lr_factor."""
-        directions = [-p.grad for p in self.params]
+        its own batch (x (M, N, ...), y (M, N); `losses` (M,) the step's mean losses), at
+        learning rate lr * lr_factor."""
+        directions = [-self._flat(p.grad) for p in self.params]
         d_norm = torch.zeros_like(self.lr)
         for d in directions:  # summed per parameter, in order, as SOAP's host loop does
-            d_norm = d_norm + d.double().square().flatten(1).sum(1)
+            d_norm = d_norm + d.double().square().sum(1)
         d_norm = d_norm.sqrt()
         moves = (d_norm != 0) & torch.isfinite(d_norm)
         t = torch.where(moves, H / d_norm, torch.zeros_like(d_norm))
-        l0 = self._mean_losses(x, y, self.params)
-        lp = self._mean_losses(x, y, [p + _per_model(t, p) * d
-                                      for p, d in zip(self.params, directions)])
-        lm = self._mean_losses(x, y, [p - _per_model(t, p) * d
-                                      for p, d in zip(self.params, directions)])
+        if self.batched_pass:
+            l0 = self._mean_losses_at(x, y, directions, None)
+            lp = self._mean_losses_at(x, y, directions, t)
+            lm = self._mean_losses_at(x, y, directions, -t)
+        else:
+            l0 = losses.double()
+            lp = self._closure_losses_at(x, y, directions, t)
+            lm = self._closure_losses_at(x, y, directions, -t)
         g_d = (lp - lm) / (2 * t)
         c_d = (lp - 2 * l0 + lm) / (t * t)
         fallback = torch.where(g_d > 0, -FALLBACK_LR, FALLBACK_LR).to(g_d.dtype)
@@ -75,4 +105,4 @@ class StackedSOAP:
         alpha = torch.where(clipped, torch.copysign(MAX_STEP / d_norm, alpha), alpha)
         alpha = torch.where(moves, alpha, torch.zeros_like(alpha))  # NaNs of t = 0 dropped here
         for p, d in zip(self.params, directions):
-            p.add_(_per_model(alpha, p) * d)
+            self._flat(p).add_(self._column(alpha, p) * d)
