@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes (default: CPU count); each trains its share of the runs")
     s.add_argument("--sequential", action="store_true",
                    help="train every run on its own (one model per process at a time) instead "
-                        "of the default: the MLP runs that share architecture, data and "
+                        "of the default: the runs that share architecture, data and "
                         "schedule trained together as one stacked model, each with its own "
                         "rule, learning rate, seed and optimizer state (the same results)")
     s.add_argument("--out", default="results", metavar="DIR", help="output dir (default results)")
