@@ -24,7 +24,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ from .models import ACTIVATIONS, build_mlp
 from .batched_conv import StackedConvNet
 from .batched_dfa import dfa_output
 from .batched_soap import StackedSOAP
+from .stacked_rules import StackedRules, sync_proxies
 from .train import _epoch_order, _Writer, diverged_by_loss, eval_subsets, final_record
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
@@ -74,7 +74,7 @@ class _Layer:
     proxies: list  # per model: what feedback.sync_layers needs to sync that model's layer
 
 
-class StackedMLP:
+class StackedMLP(StackedRules):
     """The models of one batch, stacked; built from `build_mlp` per config, so each slice starts
     exactly where its sequential run does."""
 
@@ -87,6 +87,7 @@ class StackedMLP:
                                     cfg.sync_every, cfg.activation, device, cfg.sync_at_start))
         self.names = [name for name, _ in models[0].named_children() if name.startswith("fc")]
         self.activation = ACTIVATIONS[cfgs[0].activation]()
+        self.m = len(models)
         self.rules = [cfg.rule for cfg in cfgs]
         self.dfa = self.rules[0] == "dfa"  # group_key keeps DFA models among themselves
         self.layers: list[_Layer] = []
@@ -96,21 +97,9 @@ class StackedMLP:
                 weight = torch.stack([s.weight for s in src]).requires_grad_()
                 bias = torch.stack([s.bias for s in src]).requires_grad_()
                 b_matrix = torch.stack([s.b_matrix for s in src])
-                b_init = torch.stack([s.b_init if hasattr(s, "b_init") else s.b_matrix
-                                      for s in src])
-                proxies = [SimpleNamespace(
-                    weight=weight[m], b_matrix=b_matrix[m], b_init=b_init[m],
-                    b_init_norm=getattr(s, "b_init_norm", None), feedback=s.feedback,
-                    feedback_seed=s.feedback_seed, sync_count=0) for m, s in enumerate(src)]
-                self.layers.append(_Layer(weight, bias, b_matrix, proxies))
-        # bp models keep B equal to W (copied after every update): their backward is backprop's
-        self.bp_models = torch.tensor([k for k, r in enumerate(self.rules) if r == "bp"],
-                                      dtype=torch.long, device=device)
-        self.copy_bp_weights()
-        # Kolen-Pollack models: B is trained with W's gradient (the others' B get none)
-        self.learns_b = any(r == "kolen_pollack" for r in self.rules)
-        self.kp_mask = torch.tensor([r == "kolen_pollack" for r in self.rules],
-                                    device=device).view(-1, 1, 1)
+                self.layers.append(_Layer(weight, bias, b_matrix,
+                                          sync_proxies(weight, b_matrix, src)))
+        self._init_rules(device)
         self.eval_chunk = 8192  # examples per evaluation pass
 
     def parameters(self) -> list[torch.Tensor]:
@@ -131,19 +120,6 @@ class StackedMLP:
     def per_model(self, t: torch.Tensor, output: bool = False) -> torch.Tensor:
         """A stacked parameter or a layer's output (M, N, out), as (M, -1)."""
         return t.reshape(t.shape[0], -1)
-
-    def give_b_its_gradient(self) -> None:
-        """Kolen-Pollack: B's gradient is a copy of W's (zero for the other models)."""
-        if self.learns_b:
-            for layer in self.layers:
-                layer.b_matrix.grad = layer.weight.grad * self.kp_mask
-
-    @torch.no_grad()
-    def copy_bp_weights(self) -> None:
-        if len(self.bp_models):
-            for layer in self.layers:
-                layer.b_matrix.index_copy_(0, self.bp_models,
-                                           layer.weight.index_select(0, self.bp_models))
 
     def forward(self, x: torch.Tensor, backprop: bool = False, keep=None) -> torch.Tensor:
         """x (M, N, in), or (N, in) shared by every model -> logits (M, N, classes); `keep`
@@ -188,13 +164,6 @@ class StackedMLP:
         w = layer.weight.reshape(m * out, k)
         y = torch.addmm(layer.bias.reshape(m * out), x, w.t())  # (N, M * out)
         return y.view(x.shape[0], m, out).transpose(0, 1)
-
-    def sync(self, models: list[int]) -> None:
-        """Sync the feedback matrices of these models' layers: one native call for all."""
-        proxies = [layer.proxies[m] for layer in self.layers for m in models
-                   if layer.proxies[m].feedback in fb.SYNC_RULES]
-        if proxies:
-            fb.sync_layers(proxies)
 
     def freeze(self, m: int) -> None:
         """A diverged model: zeros, so its slice computes finite nothing from now on."""

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soap_cuda import feedback as fb
 from soap_cuda.conv import FAConv2d
 from soap_cuda.functional import fa_conv
 from soap_cuda.modules import FALinear
@@ -31,6 +30,7 @@ from soap_cuda.modules import FALinear
 from .batched_dfa import dfa_output
 from .conv_models import BasicBlock, ResNetCifar, _ShortcutA
 from .models import build_conv, fa_layers
+from .stacked_rules import StackedRules, sync_proxies
 
 # layers that compute per channel (or have no weights): they run as they are on wide tensors
 _PER_CHANNEL = (nn.Sequential, nn.Tanh, nn.ReLU, nn.Sigmoid, nn.AvgPool2d, nn.MaxPool2d,
@@ -173,7 +173,7 @@ def _stacked_twin(modules: list[nn.Module]) -> nn.Module | None:
     raise ValueError(f"no stacked form for {type(first).__name__}")
 
 
-class StackedConvNet:
+class StackedConvNet(StackedRules):
     """The conv models of one batch, each built by `build_conv` from its own config and seed
     (so each starts exactly where its sequential run does), stacked as the module docstring
     says. Rules: those of FA layers with a W-shaped B (not DFA); bp models keep B = W."""
@@ -206,22 +206,12 @@ class StackedConvNet:
         self.layers = []
         for name, mod in zip(self.names, self.fa_modules):
             sources = [model.get_submodule(name) for model in models]
-            per_model_b = mod.b_matrix.view(self.m, *sources[0].b_matrix.shape)
-            b_init = torch.stack([s.b_init if hasattr(s, "b_init") else s.b_matrix
-                                  for s in sources])
-            proxies = [SimpleNamespace(
-                weight=mod.weight.view(self.m, *s.weight.shape)[k], b_matrix=per_model_b[k],
-                b_init=b_init[k], b_init_norm=getattr(s, "b_init_norm", None),
-                feedback=s.feedback, feedback_seed=s.feedback_seed, sync_count=0)
-                for k, s in enumerate(sources)]
+            proxies = sync_proxies(mod.weight.view(self.m, *sources[0].weight.shape),
+                                   mod.b_matrix.view(self.m, *sources[0].b_matrix.shape),
+                                   sources)
             self.layers.append(SimpleNamespace(weight=mod.weight, bias=mod.bias,
                                                b_matrix=mod.b_matrix, proxies=proxies))
-        self.bp_models = torch.tensor([k for k, r in enumerate(self.rules) if r == "bp"],
-                                      dtype=torch.long, device=device)
-        self.copy_bp_weights()
-        self.learns_b = any(r == "kolen_pollack" for r in self.rules)
-        self.kp_mask = torch.tensor([r == "kolen_pollack" for r in self.rules],
-                                    device=device).view(-1, 1)
+        self._init_rules(device)
         # examples per evaluation pass (x M images): a CPU is fastest with passes that stay in
         # its caches (256 LeNet images: 0.56 s for 1,000 examples of 8 models, 0.79 s at 512)
         self.eval_chunk = max(1, (256 if device.type == "cpu" else 8192) // self.m)
@@ -255,20 +245,6 @@ class StackedConvNet:
             return t.reshape(t.shape[0], self.m, -1).transpose(0, 1).reshape(self.m, -1)
         return t.reshape(self.m, -1)
 
-    def give_b_its_gradient(self) -> None:
-        """Kolen-Pollack: B's gradient is a copy of W's (zero for the other models)."""
-        if self.learns_b:
-            for layer in self.layers:
-                layer.b_matrix.grad = (layer.weight.grad.view(self.m, -1) *
-                                       self.kp_mask).view_as(layer.b_matrix)
-
-    @torch.no_grad()
-    def copy_bp_weights(self) -> None:
-        if len(self.bp_models):
-            for layer in self.layers:
-                b, w = layer.b_matrix.view(self.m, -1), layer.weight.view(self.m, -1)
-                b.index_copy_(0, self.bp_models, w.index_select(0, self.bp_models))
-
     def forward(self, x: torch.Tensor, backprop: bool = False, keep=None) -> torch.Tensor:
         """x (M, N, C*H*W), or (N, C*H*W) shared by every model -> logits (M, N, classes);
         `keep` collects each FA layer's output; `backprop`: every model's error through W."""
@@ -288,12 +264,6 @@ class StackedConvNet:
             for hook in hooks:
                 hook.remove()
         return dfa_output(out, tape) if tape else out
-
-    def sync(self, models: list[int]) -> None:
-        proxies = [layer.proxies[k] for layer in self.layers for k in models
-                   if layer.proxies[k].feedback in fb.SYNC_RULES]
-        if proxies:
-            fb.sync_layers(proxies)
 
     def freeze(self, k: int) -> None:
         """A diverged model: zeros (and unit variances), so its slice computes finite nothing."""
