@@ -76,6 +76,16 @@ def _layer_scale(text: str) -> dict[str, float]:
                                          f"or a JSON object, got {text!r}")
 
 
+def _sweep_jobs(args) -> int:
+    """--jobs, or its default: one process per GPU for stacked models (a GPU runs one
+    process's kernels at a time, and one stack fills it), else one per CPU core."""
+    if args.jobs is not None:
+        return args.jobs
+    if args.device.startswith("cuda") and not args.sequential:
+        return 1
+    return os.cpu_count() or 1
+
+
 def _add_model_data(p, hidden_default: list[int], epochs_default: float,
                     eval_every_default: int | None = None) -> None:
     from .experiments.data import DATASETS
@@ -220,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "mean loss after --target-fraction of the run, per comparison)")
     s.add_argument("--target-fraction", type=_positive_float, default=0.25)
     _add_model_data(s, [128], 3.0, 600)
-    s.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
-                   help="processes (default: CPU count); each trains its share of the runs")
+    s.add_argument("--jobs", type=_positive_int, default=None,
+                   help="processes, each training its share of the runs (default: the CPU "
+                        "count; 1 for stacked models on a GPU, whose kernels from several "
+                        "processes would only take turns)")
     s.add_argument("--sequential", action="store_true",
                    help="train every run on its own (one model per process at a time) instead "
                         "of the default: the runs that share architecture, data and "
@@ -278,7 +290,7 @@ def _cmd_sweep(args) -> int:
     ranks.init_from_env(args.device)  # under torchrun: each rank trains its share of the runs
     t0 = time.perf_counter()
     try:
-        sweep = Sweep(spec, args.out, jobs=args.jobs, progress=not args.no_progress,
+        sweep = Sweep(spec, args.out, jobs=_sweep_jobs(args), progress=not args.no_progress,
                       log=lambda m: print(m, file=sys.stderr), batched=not args.sequential)
         result = sweep.run()
         if ranks.rank() != 0:

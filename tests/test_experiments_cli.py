@@ -1,5 +1,6 @@
 """The soap-cuda command: help, one-line errors, and a tiny train run with resume."""
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,14 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "soap_cuda", "--help"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "sweep" in r.stdout
+
+
+@pytest.mark.parametrize("argv,jobs", [
+    (["sweep"], os.cpu_count() or 1), (["sweep", "--device", "cuda"], 1),
+    (["sweep", "--device", "cuda:1", "--sequential"], os.cpu_count() or 1),
+    (["sweep", "--device", "cuda", "--jobs", "3"], 3)])
+def test_sweep_processes_by_default(argv, jobs):
+    """One process per GPU for stacked models (a GPU runs one process's kernels at a time),
+    one per core otherwise."""
+    from soap_cuda.cli import _sweep_jobs, build_parser
+    assert _sweep_jobs(build_parser().parse_args(argv)) == jobs
