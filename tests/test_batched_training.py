@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import requires_cuda
 
 from soap_cuda.experiments.batched import batchable, group_key, train_batched
 from soap_cuda.experiments.config import TrainConfig
@@ -203,3 +204,26 @@ def test_each_conv_model_reproduces_its_sequential_run(float64, mnist32_64, mode
     batched = train_batched(cfgs, [None] * len(cfgs), mnist32_64)
     for cfg, recs in zip(cfgs, batched):
         _same_run(recs, train(cfg, data=mnist32_64), SOAP_REL if runs is CONV_SOAP_RUNS else 1e-9)
+
+
+@requires_cuda
+@pytest.mark.parametrize("model,runs", [
+    ("mlp", SGD_RUNS[:3] + SGD_RUNS[-1:]), ("mlp", DFA_RUNS), ("mlp", SOAP_RUNS[:2]),
+    ("lenet", LENET_RUNS[:3] + LENET_RUNS[-1:]), ("lenet", CONV_DFA_RUNS),
+    ("resnet20", RESNET_RUNS)], ids=["mlp", "mlp-dfa", "mlp-soap", "lenet", "lenet-dfa",
+                                     "resnet20"])
+def test_stacked_models_reproduce_their_runs_on_cuda(float64, model, runs):
+    """The same equality on a GPU: batched cuBLAS products, grouped cuDNN convolutions and the
+    stacked optimizer against each model's own run there."""
+    conv = model != "mlp"
+    d = load_dataset("mnist5k" if conv else "digits", train_examples=64 if conv else 256,
+                     test_examples=24 if conv else 64, pad_to=32 if conv else None)
+    data = Dataset(d.name, d.description, d.x_train.double().cuda(), d.y_train.cuda(),
+                   d.x_test.double().cuda(), d.y_test.cuda(), d.num_classes, d.image_shape)
+    base = {**(CONV_BASE if conv else BASE), "model": model, "device": "cuda"}
+    if conv:
+        base.pop("hidden", None)
+    cfgs = [TrainConfig(**{**base, **r}) for r in runs]
+    batched = train_batched(cfgs, [None] * len(cfgs), data)
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=data), SOAP_REL if cfg.rule == "soap" else 1e-9)
