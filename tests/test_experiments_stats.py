@@ -1,5 +1,6 @@
 """Sweep bookkeeping on synthetic curves: time-to-target, best lr, bootstrap intervals."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -109,3 +110,15 @@ def test_measured_gains_geometric_mean_skips_initial_eval():
                                                          "fc2": {"err_norm_ratio": 1.0}}}]
     g = measured_gains([recs])
     assert g == {"fc1": pytest.approx(8.0), "fc2": pytest.approx(1.0)}
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_ratio_ci_with_resamples_of_zero_time_has_an_infinite_not_nan_bound(paired):
+    """A reference that reaches the target at once (time 0) in some seeds: resamples of only
+    those give an infinite ratio, so the upper bound is inf, never NaN, and numpy has nothing to
+    warn about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        interval = ratio_ci([100.0, 200.0, 300.0], [0.0, 0.0, 50.0], censor_at=1e4,
+                            paired=paired)
+    assert interval.hi == math.inf and math.isfinite(interval.lo) and interval.lo > 0

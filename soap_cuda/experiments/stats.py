@@ -102,8 +102,17 @@ def bootstrap_ci(data, statistic, n_boot: int = 10_000, level: float = 0.95,
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     stats = np.asarray(statistic(data[idx]), dtype=float)
+    return _percentiles(stats, level)
+
+
+def _percentiles(stats: np.ndarray, level: float) -> tuple[float, float]:
+    """The two-sided percentile interval of bootstrap values. Where some are infinite (a ratio
+    whose resampled denominator is 0), order statistics: interpolating between two infinite
+    values would give inf - inf, a NaN bound."""
     alpha = (1.0 - level) / 2.0
-    return (float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha)))
+    method = "inverted_cdf" if np.isinf(stats).any() else "linear"
+    return (float(np.quantile(stats, alpha, method=method)),
+            float(np.quantile(stats, 1.0 - alpha, method=method)))
 
 
 @dataclass
@@ -158,9 +167,7 @@ def ratio_ci(num, den, censor_at: float, paired: bool = True, n_boot: int = 10_0
         rng = np.random.default_rng(seed)
         ia = rng.integers(0, len(a), size=(n_boot, len(a)))
         ib = rng.integers(0, len(b), size=(n_boot, len(b)))
-        stats = ratio(a[ia].mean(axis=1), b[ib].mean(axis=1))
-        alpha = (1.0 - level) / 2.0
-        lo, hi = float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+        lo, hi = _percentiles(ratio(a[ia].mean(axis=1), b[ib].mean(axis=1)), level)
     return Interval(float(est), float(lo), float(hi), len(a), bound)
 
 
