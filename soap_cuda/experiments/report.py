@@ -12,7 +12,7 @@ from pathlib import Path
 from . import plots
 from .analysis import analyze
 from .runs import RunStore
-from .sweep import load_sweep
+from .sweep import edge_phrase, load_sweep
 
 
 def _f(x, digits=3) -> str:
@@ -158,7 +158,7 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
         b = best[a["label"]]
         notes = "; ".join(a["notes"]) or "inside the grid"
         if b["at_edge"] and "still at" not in notes:
-            notes += f" — **best still at the {b['at_edge']} edge: the optimum may lie outside**"
+            notes += f" — **best still at {edge_phrase(b['at_edge'])}: the optimum may lie outside**"
         L.append(f"| {a['label']} | {a['optimizer']} | {', '.join(f'{x:g}' for x in a['lrs'])} "
                  f"| {b['lr']:g} | {_f(b['score'], 4)} | {notes} |")
     L += ["", f"![learning-rate sensitivity]({rel(figs['lr'])})", ""]

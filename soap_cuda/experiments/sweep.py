@@ -123,6 +123,11 @@ def _run_task(tasks: list[tuple[dict, str]]) -> tuple[int, int]:
     return len(tasks), max(r[-2].get("step", 0) for r in results)
 
 
+def edge_phrase(at_edge: str) -> str:
+    """Where a best learning rate sits: "the low edge", or both edges of a one-rate grid."""
+    return "both edges (a one-rate grid)" if at_edge == "both" else f"the {at_edge} edge"
+
+
 def plan_units(tasks: list[tuple[dict, str]], batched: bool, jobs: int,
                max_models: int = 128) -> list[list[tuple[dict, str]]]:
     """Work units: with `batched`, the tasks that share a group_key as stacked models (split
@@ -272,8 +277,8 @@ class Sweep:
                         extensions[arm.label] += 1
                         grew = True
                     elif not any("still at" in n for n in arm.notes):
-                        arm.notes.append(f"best lr {best.lr:g} still at the {best.at_edge} "
-                                         f"edge after {self.spec.max_extend} extensions: the "
+                        arm.notes.append(f"best lr {best.lr:g} still at {edge_phrase(best.at_edge)} "
+                                         f"after {self.spec.max_extend} extensions: the "
                                          f"optimum may lie outside the grid")
             if not grew:
                 return
