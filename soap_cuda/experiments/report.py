@@ -158,7 +158,8 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
         b = best[a["label"]]
         notes = "; ".join(a["notes"]) or "inside the grid"
         if b["at_edge"] and "still at" not in notes:
-            notes += f" — **best still at {edge_phrase(b['at_edge'])}: the optimum may lie outside**"
+            notes += (f" — **best still at {edge_phrase(b['at_edge'])}: the optimum may lie "
+                      f"outside**")
         L.append(f"| {a['label']} | {a['optimizer']} | {', '.join(f'{x:g}' for x in a['lrs'])} "
                  f"| {b['lr']:g} | {_f(b['score'], 4)} | {notes} |")
     L += ["", f"![learning-rate sensitivity]({rel(figs['lr'])})", ""]

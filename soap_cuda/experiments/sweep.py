@@ -277,9 +277,10 @@ class Sweep:
                         extensions[arm.label] += 1
                         grew = True
                     elif not any("still at" in n for n in arm.notes):
-                        arm.notes.append(f"best lr {best.lr:g} still at {edge_phrase(best.at_edge)} "
-                                         f"after {self.spec.max_extend} extensions: the "
-                                         f"optimum may lie outside the grid")
+                        arm.notes.append(f"best lr {best.lr:g} still at "
+                                         f"{edge_phrase(best.at_edge)} after "
+                                         f"{self.spec.max_extend} extensions: the optimum may "
+                                         f"lie outside the grid")
             if not grew:
                 return
 
