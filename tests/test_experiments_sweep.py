@@ -150,3 +150,18 @@ def test_batched_and_sequential_sweeps_agree(tmp_path):
         new = [json.loads(line) for line in p.read_text().splitlines()]
         old = [json.loads(line) for line in before[p].splitlines()]
         assert new[-1]["train_loss"] == pytest.approx(old[-1]["train_loss"], rel=1e-5)
+
+
+def test_stacks_are_split_across_processes_and_capped_by_architecture():
+    from soap_cuda.experiments.config import TrainConfig
+    from soap_cuda.experiments.sweep import MAX_STACKED, plan_units
+
+    def tasks(model, n):
+        return [(TrainConfig(rule="fa", lr=0.1, seed=s, model=model).to_dict(), f"{model}{s}")
+                for s in range(n)]
+    assert [len(u) for u in plan_units(tasks("mlp", 100), True, jobs=1)] == [100]
+    assert [len(u) for u in plan_units(tasks("mlp", 100), True, jobs=2)] == [50, 50]
+    cap = MAX_STACKED["resnet20"]
+    sizes = [len(u) for u in plan_units(tasks("resnet20", 3 * cap + 1), True, jobs=1)]
+    assert max(sizes) <= cap and sum(sizes) == 3 * cap + 1
+    assert [len(u) for u in plan_units(tasks("lenet", 3), False, jobs=1)] == [1, 1, 1]
