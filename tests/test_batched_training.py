@@ -227,3 +227,16 @@ def test_stacked_models_reproduce_their_runs_on_cuda(float64, model, runs):
     batched = train_batched(cfgs, [None] * len(cfgs), data)
     for cfg, recs in zip(cfgs, batched):
         _same_run(recs, train(cfg, data=data), SOAP_REL if cfg.rule == "soap" else 1e-9)
+
+
+def test_a_diverging_conv_model_does_not_disturb_the_others(float64, mnist32_64):
+    """Grouped convolutions and per-channel batch norm keep one model's NaNs in its own
+    channels: the others' runs are their sequential runs."""
+    runs = [dict(rule="fa", lr=0.05, seed=0), dict(rule="sign", lr=1e6, seed=1),
+            dict(rule="bp", lr=0.05, seed=2)]
+    cfgs = [TrainConfig(**{**CONV_BASE, **r, "model": "resnet20", "activation": "relu"})
+            for r in runs]
+    batched = train_batched(cfgs, [None] * 3, mnist32_64)
+    assert batched[1][-1]["diverged"] and not batched[0][-1]["diverged"]
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=mnist32_64))
