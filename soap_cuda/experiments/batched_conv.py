@@ -176,7 +176,9 @@ def _stacked_twin(modules: list[nn.Module]) -> nn.Module | None:
 class StackedConvNet(StackedRules):
     """The conv models of one batch, each built by `build_conv` from its own config and seed
     (so each starts exactly where its sequential run does), stacked as the module docstring
-    says. Rules: those of FA layers with a W-shaped B (not DFA); bp models keep B = W."""
+    says. Every rule: bp models keep B = W, Kolen-Pollack ones train B with W's gradient, the
+    sign rules sync, DFA models (a batch of their own) record each layer's input on a tape
+    and take its error from the output's (B (M, classes, k))."""
 
     def __init__(self, cfgs, data):
         device = data.x_train.device
@@ -194,7 +196,7 @@ class StackedConvNet(StackedRules):
             mod._forward_pre_hooks.clear()
             mod._forward_hooks.clear()
         with torch.no_grad():
-            for name, first in list(models[0].named_modules()):
+            for name, _ in list(models[0].named_modules()):
                 if not name:
                     continue
                 twin = _stacked_twin([model.get_submodule(name) for model in models])
