@@ -117,10 +117,10 @@ else
     "${pytest[@]}" "${own_kernel_tests[@]}" -m "cuda and not allocator_stats"
 fi
 # conv models stacked: LeNet-5 as grouped convolutions (a short sweep: --quick, half an epoch;
-# in a dry run a check that it runs, on 1,000 examples)
+# in a dry run a check that it runs, on 500 examples)
 lenet_sweep="--model lenet --epochs 0.5"
 if [ $dry_run = 1 ]; then
-  lenet_sweep="$lenet_sweep --train-examples 1000 --test-examples 200"
+  lenet_sweep="--model lenet --epochs 0.25 --train-examples 500 --test-examples 100"
   step report 150 "$python" -m benchmarks.report --device cpu --tiny --out "$outdir"
   step overhead 60 sh -c "'$python' -m benchmarks.overhead --device cpu --reps 20 > '$outdir/overhead-cpu.md'"
   step sweep-speed 150 sh -c "'$python' -m benchmarks.sweep_speed --device cpu --quick \

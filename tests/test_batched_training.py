@@ -158,6 +158,8 @@ def mnist32_64():
                    d.y_test, d.num_classes, d.image_shape)
 
 
+# ResNet-20 in float64 runs on ATen's slow convolutions: half the run, smaller evaluations
+RESNET_SHORT = dict(epochs=0.5, eval_every=16, eval_examples=8, probe_examples=8)
 CONV_BASE = dict(dataset="mnist5k", epochs=1, batch_size=16, eval_every=32,
                  probe_examples=16, sync_every=32, eval_examples=20, align_every=2)
 LENET_RUNS = [dict(rule="bp", lr=0.1, seed=0, momentum=0.9, weight_decay=1e-3),
@@ -198,7 +200,8 @@ def test_each_conv_model_reproduces_its_sequential_run(float64, mnist32_64, mode
     run's."""
     if optimizer == "adam":
         runs = [{**r, "lr": r["lr"] / 100, "momentum": 0.0} for r in runs]
-    cfgs = [TrainConfig(**{**CONV_BASE, **r, "model": model, "optimizer": optimizer})
+    short = RESNET_SHORT if model == "resnet20" else {}
+    cfgs = [TrainConfig(**{**CONV_BASE, **short, **r, "model": model, "optimizer": optimizer})
             for r in runs]
     assert all(batchable(c) for c in cfgs) and len({group_key(c) for c in cfgs}) == 1
     batched = train_batched(cfgs, [None] * len(cfgs), mnist32_64)
@@ -234,7 +237,7 @@ def test_a_diverging_conv_model_does_not_disturb_the_others(float64, mnist32_64)
     channels: the others' runs are their sequential runs."""
     runs = [dict(rule="fa", lr=0.05, seed=0), dict(rule="sign", lr=1e6, seed=1),
             dict(rule="bp", lr=0.05, seed=2)]
-    cfgs = [TrainConfig(**{**CONV_BASE, **r, "model": "resnet20", "activation": "relu"})
+    cfgs = [TrainConfig(**{**CONV_BASE, **RESNET_SHORT, **r, "model": "resnet20"})
             for r in runs]
     batched = train_batched(cfgs, [None] * 3, mnist32_64)
     assert batched[1][-1]["diverged"] and not batched[0][-1]["diverged"]
