@@ -243,3 +243,27 @@ def test_a_diverging_conv_model_does_not_disturb_the_others(float64, mnist32_64)
     assert batched[1][-1]["diverged"] and not batched[0][-1]["diverged"]
     for cfg, recs in zip(cfgs, batched):
         _same_run(recs, train(cfg, data=mnist32_64))
+
+
+def test_the_alignment_probe_in_passes_measures_what_one_pass_does(float64, mnist32_64):
+    """A stack of large models measures alignment a few probe examples at a time (evaluation
+    mode: each example's error signal is its own); the angles and norm ratios are the same."""
+    from soap_cuda.experiments.batched import _alignment
+    from soap_cuda.experiments.batched_conv import StackedConvNet
+
+    cfgs = [TrainConfig(**{**CONV_BASE, **r, "model": "lenet"}) for r in LENET_RUNS[:4]]
+    net = StackedConvNet(cfgs, mnist32_64)
+    net.train(False)
+    probe = (mnist32_64.x_train[:10], mnist32_64.y_train[:10])
+    net.probe_chunk = 10
+    whole = _alignment(net, probe)
+    net.probe_chunk = 3  # passes of 3, 3, 3 and 1 examples
+    parts = _alignment(net, probe)
+    for one, split in zip(whole, parts):
+        for layer, metrics in one.items():
+            for key, value in metrics.items():
+                got = split[layer][key]
+                tol = 1e-4 if key.endswith("angle_deg") else 1e-9 * max(1.0, abs(value))
+                assert (math.isnan(got) and math.isnan(value)) or abs(got - value) <= tol, \
+                    (layer, key, got, value)
+    assert any(0.1 < m["net.0"]["err_angle_deg"] for m in whole)  # FA models: not backprop

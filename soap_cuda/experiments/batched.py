@@ -101,6 +101,7 @@ class StackedMLP(StackedRules):
                                           sync_proxies(weight, b_matrix, src)))
         self._init_rules(device)
         self.eval_chunk = 8192  # examples per evaluation pass
+        self.probe_chunk = 1 << 30  # the alignment probe in one pass: an MLP's is small
 
     def parameters(self) -> list[torch.Tensor]:
         """Per layer weight and bias (in FALinear's order), then b_matrix if any model learns
@@ -266,12 +267,17 @@ def _loss_acc(net, x: torch.Tensor, y: torch.Tensor):
     return (total / len(y)).tolist(), (correct.double() / len(y)).tolist()
 
 
-def _angles_and_ratios(a: torch.Tensor, b: torch.Tensor) -> tuple[list, list]:
-    """Per model (rows of (M, -1) tensors): metrics.angle_deg(a[k], b[k]) and
-    metrics.norm_ratio(a[k], b[k]), all models at once, in float64."""
+def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(a.b, a.a, b.b) per model (rows of (M, -1) tensors), in float64: (3, M)."""
     a, b = a.detach().double(), b.detach().double()
-    na, nb = a.norm(dim=1), b.norm(dim=1)
-    cos = torch.clamp((a * b).sum(1) / (na * nb), -1.0, 1.0)
+    return torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)])
+
+
+def _angles_and_ratios(products: torch.Tensor) -> tuple[list, list]:
+    """Per model, from _products: metrics.angle_deg(a[k], b[k]) and metrics.norm_ratio(a[k],
+    b[k]), all models at once."""
+    dot, na, nb = products[0], products[1].sqrt(), products[2].sqrt()
+    cos = torch.clamp(dot / (na * nb), -1.0, 1.0)
     angle = torch.where(na * nb == 0, torch.nan, torch.rad2deg(torch.acos(cos)))
     ratio = torch.where(nb == 0, torch.nan, na / nb)
     return angle.tolist(), ratio.tolist()
@@ -279,18 +285,31 @@ def _angles_and_ratios(a: torch.Tensor, b: torch.Tensor) -> tuple[list, list]:
 
 def _alignment(net, probe) -> list[dict]:
     """Per model: metrics.feedback_alignment and error_signal_alignment, for all models at once
-    (error signals and weight gradients by each model's rule, then by backprop)."""
+    (error signals and weight gradients by each model's rule, then by backprop). The probe runs
+    in passes of net.probe_chunk examples (evaluation mode: every example's error signal is its
+    own), adding up the error signals' products and the weight gradients, so a stack of large
+    models never holds every model's activations for the whole probe."""
     x, y = probe
-    m = len(net.rules)
-    ys = y.unsqueeze(0).expand(m, *y.shape)
-    grads = {}
-    for mode in ("rule", "bp"):
-        outs = []
-        with torch.enable_grad():
-            loss = _per_model_loss(net.forward(x, backprop=mode == "bp", keep=outs), ys).sum()
-            weights = [layer.weight for layer in net.layers]
-            grads[mode] = torch.autograd.grad(loss, outs + weights)
-    n = len(net.layers)
+    m, n = len(net.rules), len(net.layers)
+    weights = [layer.weight for layer in net.layers]
+    errors = [0.0] * n
+    weight_grads = {"rule": [0.0] * n, "bp": [0.0] * n}
+    for start in range(0, len(y), net.probe_chunk):
+        xs, ys = x[start:start + net.probe_chunk], y[start:start + net.probe_chunk]
+        share = len(ys) / len(y)  # the probe's mean loss, a pass at a time
+        grads = {}
+        for mode in ("rule", "bp"):
+            outs = []
+            with torch.enable_grad():
+                logits = net.forward(xs, backprop=mode == "bp", keep=outs)
+                loss = _per_model_loss(logits, ys.unsqueeze(0).expand(m, *ys.shape)).sum()
+                grads[mode] = torch.autograd.grad(loss * share if share != 1 else loss,
+                                                  outs + weights)
+        for i in range(n):
+            errors[i] = errors[i] + _products(net.per_model(grads["rule"][i], output=True),
+                                              net.per_model(grads["bp"][i], output=True))
+            for mode in weight_grads:
+                weight_grads[mode][i] = weight_grads[mode][i] + grads[mode][n + i]
     result = [{} for _ in range(m)]
     for i, (name, layer) in enumerate(zip(net.names, net.layers)):
         # bp models hold B = W, so their B-W angle is 0 as metrics.feedback_alignment gives
@@ -298,13 +317,11 @@ def _alignment(net, probe) -> list[dict]:
         if net.dfa:  # as metrics.feedback_alignment: a DFA B has no W of its shape
             columns["bw_angle_deg"] = columns["bw_norm_ratio"] = [math.nan] * m
         else:
-            columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(
-                net.per_model(layer.b_matrix), net.per_model(layer.weight))
-        columns["err_angle_deg"], columns["err_norm_ratio"] = _angles_and_ratios(
-            net.per_model(grads["rule"][i], output=True),
-            net.per_model(grads["bp"][i], output=True))
-        columns["wgrad_angle_deg"], columns["wgrad_norm_ratio"] = _angles_and_ratios(
-            net.per_model(grads["rule"][n + i]), net.per_model(grads["bp"][n + i]))
+            columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(_products(
+                net.per_model(layer.b_matrix), net.per_model(layer.weight)))
+        columns["err_angle_deg"], columns["err_norm_ratio"] = _angles_and_ratios(errors[i])
+        columns["wgrad_angle_deg"], columns["wgrad_norm_ratio"] = _angles_and_ratios(_products(
+            net.per_model(weight_grads["rule"][i]), net.per_model(weight_grads["bp"][i])))
         for k in range(m):
             result[k][name] = {key: values[k] for key, values in columns.items()}
     return result

@@ -217,6 +217,9 @@ class StackedConvNet(StackedRules):
         # examples per evaluation pass (x M images): a CPU is fastest with passes that stay in
         # its caches (256 LeNet images: 0.56 s for 1,000 examples of 8 models, 0.79 s at 512)
         self.eval_chunk = max(1, (256 if device.type == "cpu" else 8192) // self.m)
+        # alignment probe examples per pass (x M images, kept for a backward: a ResNet-20
+        # holds ~3 MB per image, so 2,048 images ~6 GB)
+        self.probe_chunk = max(1, (256 if device.type == "cpu" else 2048) // self.m)
 
     def _own_parameters(self):
         """(tensor, FA layer name or None, is B) for every trained tensor."""
