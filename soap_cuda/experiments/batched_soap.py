@@ -1,6 +1,6 @@
 """SOAP for every model of a stacked batch at once: the step `soap_cuda.optim.SOAP` takes as
-`train()` runs it (make_optimizer's settings: the optimizer's defaults, no refinement), with
-every model's slope, curvature and step length computed side by side.
+`train()` runs it (make_optimizer's settings: h = SOAP_H, the optimizer's other defaults, no
+refinement), with every model's slope, curvature and step length computed side by side.
 
 Per model m, as SOAP.step: d = -grad (the FA pseudo-gradient), t = h / ||d||, the batch's mean
 loss (per-example float64 sums) at theta, theta + t d and theta - t d, then
@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from ..optim import SOAP
+from .optimizers import SOAP_H
 
 
 def _soap_default(name: str) -> float:
     return float(inspect.signature(SOAP.__init__).parameters[name].default)
 
 
-H, MAX_STEP, FALLBACK_LR, MIN_CURVATURE = (
-    _soap_default(k) for k in ("h", "max_step", "fallback_lr", "min_curvature"))
+MAX_STEP, FALLBACK_LR, MIN_CURVATURE = (
+    _soap_default(k) for k in ("max_step", "fallback_lr", "min_curvature"))
 
 
 class StackedSOAP:
@@ -88,7 +89,7 @@ class StackedSOAP:
             d_norm = d_norm + d.double().square().sum(1)
         d_norm = d_norm.sqrt()
         moves = (d_norm != 0) & torch.isfinite(d_norm)
-        t = torch.where(moves, H / d_norm, torch.zeros_like(d_norm))
+        t = torch.where(moves, SOAP_H / d_norm, torch.zeros_like(d_norm))
         if self.batched_pass:
             l0 = self._mean_losses_at(x, y, directions, None)
             lp = self._mean_losses_at(x, y, directions, t)
