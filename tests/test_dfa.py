@@ -84,12 +84,18 @@ def test_mlp_weight_gradients_are_the_dfa_formula(device):
         assert layer.b_matrix.shape == (3, layer.in_features)
 
 
-def test_output_layer_gradient_equals_backprop():
-    torch.manual_seed(1)
-    base = _mlp((5, 8, 4))
+def _backprop_and_dfa(seed, dims, batch):
+    """An MLP with its backprop gradients, its DFA twin, and the batch they came from."""
+    torch.manual_seed(seed)
+    base = _mlp(dims)
     dfa = soap_cuda.convert(base, feedback="dfa")
-    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 4, (6,))
+    x, y = torch.randn(batch, dims[0], dtype=torch.float64), torch.randint(0, dims[-1], (batch,))
     F.cross_entropy(base(x), y).backward()
+    return base, dfa, x, y
+
+
+def test_output_layer_gradient_equals_backprop():
+    base, dfa, x, y = _backprop_and_dfa(1, (5, 8, 4), 6)
     F.cross_entropy(dfa(x), y).backward()
     torch.testing.assert_close(dfa[2].weight.grad, base[2].weight.grad, **TIGHT)
     torch.testing.assert_close(dfa[2].bias.grad, base[2].bias.grad, **TIGHT)
@@ -133,11 +139,7 @@ def test_conv_weight_gradients_are_the_dfa_formula():
 
 
 def test_backprop_mode_gives_backprop_gradients():
-    torch.manual_seed(3)
-    base = _mlp((5, 6, 3))
-    dfa = soap_cuda.convert(base, feedback="dfa")
-    x, y = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
-    F.cross_entropy(base(x), y).backward()
+    base, dfa, x, y = _backprop_and_dfa(3, (5, 6, 3), 4)
     with soap_cuda.backprop_mode(dfa):
         F.cross_entropy(dfa(x), y).backward()
     for a, b in zip(base.parameters(), dfa.parameters()):

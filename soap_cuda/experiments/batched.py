@@ -166,14 +166,6 @@ class StackedMLP(StackedRules):
         y = torch.addmm(layer.bias.reshape(m * out), x, w.t())  # (N, M * out)
         return y.view(x.shape[0], m, out).transpose(0, 1)
 
-    def freeze(self, m: int) -> None:
-        """A diverged model: zeros, so its slice computes finite nothing from now on."""
-        with torch.no_grad():
-            for layer in self.layers:
-                layer.weight[m].zero_()
-                layer.bias[m].zero_()
-                layer.b_matrix[m].zero_()
-
 
 def _per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each model over its rows: logits (M, N, C), y (M, N) -> (M,)."""
@@ -303,8 +295,7 @@ def _alignment(net, probe) -> list[dict]:
             with torch.enable_grad():
                 logits = net.forward(xs, backprop=mode == "bp", keep=outs)
                 loss = _per_model_loss(logits, ys.unsqueeze(0).expand(m, *ys.shape)).sum()
-                grads[mode] = torch.autograd.grad(loss * share if share != 1 else loss,
-                                                  outs + weights)
+                grads[mode] = torch.autograd.grad(loss * share, outs + weights)
         for i in range(n):
             errors[i] = errors[i] + _products(net.per_model(grads["rule"][i], output=True),
                                               net.per_model(grads["bp"][i], output=True))

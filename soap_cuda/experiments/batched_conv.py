@@ -271,12 +271,9 @@ class StackedConvNet(StackedRules):
         return dfa_output(out, tape) if tape else out
 
     def freeze(self, k: int) -> None:
-        """A diverged model: zeros (and unit variances), so its slice computes finite nothing."""
+        """As StackedRules.freeze, and unit variances in the model's batch norm statistics."""
+        super().freeze(k)
         with torch.no_grad():
-            for p in self.parameters():
-                p.view(self.m, -1)[k].zero_()
-            for layer in self.layers:
-                layer.b_matrix.view(self.m, -1)[k].zero_()
             for mod in self.module.modules():
                 if isinstance(mod, _StackedBatchNorm):
                     mod.running_mean.view(self.m, -1)[k].zero_()

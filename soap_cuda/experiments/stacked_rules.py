@@ -1,6 +1,6 @@
 """What every stacked net (batched.StackedMLP, batched_conv.StackedConvNet) does the same way for
 its models' feedback rules: bp models keep B = W, Kolen-Pollack models give B W's gradient, the
-sign rules sync each model's B through proxies of its own slices. A net sets `self.m`,
+sign rules sync each model's B through proxies of its own slices, a diverged model is zeroed. A net sets `self.m`,
 `self.rules` and `self.layers` (each with `weight`, `b_matrix` and `proxies`), then calls
 `_init_rules(device)`. Every stacked tensor is model-major: it views as (M, -1)."""
 from __future__ import annotations
@@ -47,6 +47,15 @@ class StackedRules:
             for layer in self.layers:
                 b, w = layer.b_matrix.view(self.m, -1), layer.weight.view(self.m, -1)
                 b.index_copy_(0, self.bp_models, w.index_select(0, self.bp_models))
+
+    def freeze(self, k: int) -> None:
+        """A diverged model: zeros in every one of its slices, so it computes finite nothing
+        from now on."""
+        with torch.no_grad():
+            for p in self.parameters():
+                p.view(self.m, -1)[k].zero_()
+            for layer in self.layers:
+                layer.b_matrix.view(self.m, -1)[k].zero_()
 
     def sync(self, models: list[int]) -> None:
         """Sync the feedback matrices of these models' layers: one native call for all."""
