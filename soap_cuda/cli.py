@@ -62,6 +62,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
 def _sync_every(text: str):
     return None if text.lower() in ("none", "never", "0") else _positive_int(text)
 
@@ -98,13 +108,19 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
                         "from --data-dir")
     g.add_argument("--data-dir", default=None,
                    help="directory with the IDX files (torchvision layout ROOT/MNIST/raw/ or "
-                        "flat); default ./data")
+                        "flat); default ./data, then the system's data packages "
+                        "(fashion-mnist: Debian's dataset-fashion-mnist)")
     g.add_argument("--download", action="store_true",
                    help="download mnist / fashion-mnist into --data-dir through torchvision")
     g.add_argument("--train-examples", type=_positive_int, default=None,
                    metavar="N", help="use only the first N training examples")
     g.add_argument("--test-examples", type=_positive_int, default=None, metavar="N",
                    help="use only the first N test examples")
+    g.add_argument("--val-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="hold this class-stratified share of the training examples out as a "
+                        "validation split, the same for every run; evaluations then measure "
+                        "it and the whole test set, and results give the best-validation "
+                        "model's test error (default 0: no validation split)")
     g = p.add_argument_group("model and training")
     g.add_argument("--model", default="mlp", choices=["mlp", "lenet", "resnet20"],
                    help="mlp (default; --hidden, --activation), lenet (LeNet-5 as in "
@@ -149,7 +165,8 @@ def _base(args) -> dict:
             "sync_every": args.sync_every, "sync_at_start": args.sync_at_start,
             "activation": args.activation, "dataset": args.dataset, "data_dir": args.data_dir,
             "download": args.download, "train_examples": args.train_examples,
-            "test_examples": args.test_examples, "eval_every": args.eval_every,
+            "test_examples": args.test_examples, "val_fraction": args.val_fraction,
+            "eval_every": args.eval_every,
             "eval_examples": args.eval_examples, "align_every": args.align_every,
             "probe_examples": args.probe_examples, "momentum": args.momentum,
             "weight_decay": args.weight_decay, "device": args.device}
@@ -243,6 +260,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-report", action="store_true", help="skip writing the report")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    from .experiments.reproduce import LENET_RULES, PRESETS
+
+    q = sub.add_parser("reproduce", help="rerun a published benchmark table (e.g. BioTorch's "
+                       "LeNet-5 on Fashion-MNIST) and set ours beside it",
+                       description="Rerun a published table with its recipe: LeNet-5 at 32x32, "
+                       "SGD momentum 0.9, weight decay 1e-3, batch 64, learning rate x0.1 at "
+                       "50%% and 75%% of the epochs, a validation split held out of the "
+                       "training set, the best-validation model's test error; every rule of "
+                       "the table, 3 seeds, stacked. Each rule's learning rate is chosen from "
+                       "--lrs by the validation error of a short pilot. Writes "
+                       "OUT/reproduce.md. The published schedule is 100 epochs (a GPU's job); "
+                       "--epochs shortens it.")
+    q.add_argument("preset", choices=sorted(PRESETS), metavar="PRESET",
+                   help=f"one of {', '.join(sorted(PRESETS))}")
+    q.add_argument("--epochs", type=_positive_float, default=None,
+                   help="epochs of each run (default: the published 100)")
+    q.add_argument("--seeds", type=_positive_int, default=3, help="seeds per rule (default 3)")
+    q.add_argument("--lrs", type=_floats, default=None, metavar="LR[,LR...]",
+                   help="learning-rate grid of the pilot (default 0.003,0.01,0.03,0.1; one "
+                        "value: no pilot, every rule at that rate)")
+    q.add_argument("--pilot-epochs", type=_positive_float, default=1.0,
+                   help="epochs of each pilot run (default 1)")
+    q.add_argument("--rules", type=_names, default=None, metavar="R[,R...]",
+                   help=f"rules (default {','.join(LENET_RULES)})")
+    q.add_argument("--data-dir", default=None,
+                   help="directory with the IDX files (default ./data, then the system's data "
+                        "packages)")
+    q.add_argument("--train-examples", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training examples (a quick check)")
+    q.add_argument("--test-examples", type=_positive_int, default=None, metavar="N")
+    q.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    q.add_argument("--jobs", type=_positive_int, default=None,
+                   help="processes (default: the CPU count; 1 on a GPU)")
+    q.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default results/reproduce-PRESET)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     r = sub.add_parser("report", help="Markdown report with PNG plots from a sweep's results",
                        description="Write RESULTS/report.md and RESULTS/figures/*.png: learning "
                        "curves with the target-loss line, learning-rate sensitivity per rule, "
@@ -306,6 +360,23 @@ def _cmd_sweep(args) -> int:
         ranks.finish()
 
 
+def _cmd_reproduce(args) -> int:
+    from .experiments.reproduce import Options, reproduce
+    from .experiments.sweep import Runner
+
+    opts = Options(epochs=args.epochs, seeds=args.seeds, lrs=args.lrs,
+                   pilot_epochs=args.pilot_epochs, rules=args.rules, data_dir=args.data_dir,
+                   train_examples=args.train_examples, test_examples=args.test_examples,
+                   device=args.device)
+    out = Path(args.out or f"results/reproduce-{args.preset}")
+    args.sequential = False
+    with Runner(_sweep_jobs(args), not args.no_progress, True, out) as runner:
+        summary = reproduce(args.preset, out, opts, runner)
+    print(f"reproduce {args.preset}: {summary['runs_trained']} runs in "
+          f"{summary['wall_s']:.0f} s; table: {out / 'reproduce.md'}")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .experiments.report import write_report
 
@@ -325,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments.optimizers import ConfigError
 
     try:
-        return {"train": _cmd_train, "sweep": _cmd_sweep, "report": _cmd_report}[
-            args.command](args)
+        return {"train": _cmd_train, "sweep": _cmd_sweep, "reproduce": _cmd_reproduce,
+                "report": _cmd_report}[args.command](args)
     except (ConfigError, DataError, IDXError, FileNotFoundError, FileExistsError) as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2

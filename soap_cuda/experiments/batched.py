@@ -364,6 +364,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             net.train(False)  # as train()'s evaluate: batch norm on its running statistics
             train_loss, train_acc = _loss_acc(net, on.x_train, on.y_train)
             test_loss, test_acc = _loss_acc(net, on.x_test, on.y_test)
+            if on.has_validation:
+                val_loss, val_acc = _loss_acc(net, on.x_val, on.y_val)
             align = final or pos["evals"] % cfg0.align_every == 0
             finite = [math.isfinite(train_loss[k]) and math.isfinite(test_loss[k])
                       for k in range(m_count)]
@@ -375,9 +377,13 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             if diverged[k]:
                 rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
                            test_acc=None, layers={})
+                if on.has_validation:
+                    rec.update(val_loss=math.inf, val_acc=None)
             else:
                 rec.update(train_loss=train_loss[k], train_acc=train_acc[k],
                            test_loss=test_loss[k], test_acc=test_acc[k])
+                if on.has_validation:
+                    rec.update(val_loss=val_loss[k], val_acc=val_acc[k])
                 if layers is not None:
                     rec["layers"] = layers[k] if finite[k] else {
                         name: {key: v for key, v in d.items() if key.startswith("bw_")}
@@ -399,7 +405,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         for k in models:
             last = records[k][-1]
             dead = diverged[k] or bool(last.get("diverged"))
-            fin = final_record(last, dead, time.perf_counter() - t0)
+            fin = final_record(last, dead, time.perf_counter() - t0, records[k])
             records[k].append(fin)
             writers[k].write(fin)
             alive[k] = False

@@ -29,6 +29,10 @@ class TrainConfig:
     download: bool = False
     train_examples: int | None = None
     test_examples: int | None = None
+    # share of the training examples held out as a validation split (class-stratified, the same
+    # for every run); every evaluation then also measures it and the whole test set, and the
+    # final record gives the test error of the best-validation evaluation
+    val_fraction: float = 0.0
     eval_every: int | None = None  # examples between evaluations; None = 20 per epoch
     # examples of each split an evaluation looks at: a fixed random subset, the same for every
     # run (paired comparisons); 0 = the whole split. The final evaluation uses the whole test set.
@@ -78,6 +82,8 @@ class TrainConfig:
         if any(not 0 < f < 1 for f in self.lr_drops):
             raise ConfigError(f"--lr-drops are fractions of training in (0, 1), got "
                               f"{self.lr_drops}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight decay must be non-negative")
 
@@ -93,3 +99,12 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def normalised(cls, d: dict) -> dict | None:
+        """A stored config as this version writes it (fields added since take their defaults,
+        which reproduce the old behaviour), or None if it is no longer valid."""
+        try:
+            return cls.from_dict(d).to_dict()
+        except (ConfigError, TypeError, ValueError):
+            return None

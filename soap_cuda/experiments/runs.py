@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from .config import TrainConfig
 from .train import read_records
 
 
@@ -25,7 +26,9 @@ def is_complete(path: Path, config: dict) -> bool:
         first, last = json.loads(lines[0]), json.loads(lines[-1])
     except (OSError, ValueError, IndexError):
         return False
-    return first.get("kind") == "config" and first.get("config") == config and \
+    # normalised: a run written before a config field existed matches its default
+    return first.get("kind") == "config" and \
+        TrainConfig.normalised(first.get("config") or {}) == config and \
         last.get("kind") == "final"
 
 

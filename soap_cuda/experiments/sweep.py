@@ -33,7 +33,7 @@ from .stats import best_lr, extend_grid
 
 # TrainConfig fields a sweep shares across all its runs.
 BASE_FIELDS = ("model", "lr_drops", "hidden", "epochs", "batch_size", "sync_every", "sync_at_start", "activation",
-               "dataset", "data_dir", "download", "train_examples", "test_examples", "eval_every",
+               "dataset", "data_dir", "download", "train_examples", "test_examples", "val_fraction", "eval_every",
                "eval_examples", "align_every", "probe_examples", "momentum", "weight_decay", "device")
 
 
@@ -101,10 +101,11 @@ def _data_for(cfg: TrainConfig):
     from .data import load_dataset
 
     key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device,
-           cfg.pad_to)
-    if key not in _WORKER_DATA:  # each process decodes a data set once per sweep
+           cfg.pad_to, cfg.val_fraction)
+    if key not in _WORKER_DATA:  # each process prepares a data set once per sweep
         _WORKER_DATA[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
-                                         cfg.train_examples, cfg.test_examples, cfg.pad_to)
+                                         cfg.train_examples, cfg.test_examples, cfg.pad_to,
+                                         cfg.val_fraction)
     return _WORKER_DATA[key]
 
 

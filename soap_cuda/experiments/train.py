@@ -7,8 +7,13 @@ Records (one JSON object per line):
                             train/test loss and accuracy on fixed subsets of `eval_examples`
                             each (the last one on the whole test set; `eval_examples` records
                             the sizes used), and per layer the B-W angle and the error
-                            signal's angle and norm ratio against backprop
-  {"kind": "final", ...}    the last eval's numbers plus wall time and whether the run diverged
+                            signal's angle and norm ratio against backprop; with a validation
+                            split, val loss and accuracy on the whole split, and the test
+                            numbers on the whole test set, at every evaluation
+  {"kind": "final", ...}    the last eval's numbers plus wall time and whether the run diverged;
+                            with a validation split, "best_val": the evaluation of highest
+                            validation accuracy and its test error (the published tables'
+                            "best validation model's test error")
 """
 from __future__ import annotations
 
@@ -65,6 +70,8 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor],
         rec = {}
         rec["train_loss"], rec["train_acc"] = _loss_acc(model, data.x_train, data.y_train)
         rec["test_loss"], rec["test_acc"] = _loss_acc(model, data.x_test, data.y_test)
+        if data.has_validation:
+            rec["val_loss"], rec["val_acc"] = _loss_acc(model, data.x_val, data.y_val)
         metrics = _metrics_module()
         layers: dict[str, dict] = {}
         if metrics is not None and alignment:
@@ -91,13 +98,31 @@ def diverged_by_loss(records: list[dict], train_loss: float) -> bool:
     return bool(evals) and not train_loss <= DIVERGE_FACTOR * evals[0]["train_loss"]
 
 
-def final_record(last: dict, diverged: bool, wall_s: float) -> dict:
-    """The run's "final" record from its last evaluation (infinite losses if it diverged)."""
+def best_validation(records: list[dict]) -> dict | None:
+    """The evaluation of highest validation accuracy (the earliest of equals) with its test
+    numbers, or None when the run has no validation split or no healthy evaluation."""
+    evals = [r for r in records if r["kind"] == "eval" and r.get("val_acc") is not None
+             and not r.get("diverged")]
+    if not evals:
+        return None
+    best = max(evals, key=lambda r: (r["val_acc"], -r["examples"]))
+    return {"examples": best["examples"], "val_acc": best["val_acc"],
+            "val_loss": best["val_loss"], "test_acc": best["test_acc"],
+            "test_error": 1.0 - best["test_acc"]}
+
+
+def final_record(last: dict, diverged: bool, wall_s: float,
+                 records: list[dict] | None = None) -> dict:
+    """The run's "final" record from its last evaluation (infinite losses if it diverged) and,
+    with a validation split, the best-validation evaluation among `records`."""
     final = {k: last.get(k) for k in ("examples", "train_loss", "train_acc", "test_loss",
                                        "test_acc")}
     if diverged:
         final["train_loss"] = final["test_loss"] = math.inf
     final.update(kind="final", diverged=diverged, wall_s=wall_s)
+    best = best_validation(records or [])
+    if best is not None:
+        final["best_val"] = best
     return final
 
 
@@ -105,7 +130,9 @@ def eval_subsets(data: Dataset, eval_examples: int) -> tuple[Dataset, Dataset]:
     """(what every evaluation looks at, what the final one does): at most `eval_examples` of
     each split, drawn once by a fixed permutation (seed 0, whatever the run's seed: every run on
     these data is measured on the same examples); the final evaluation keeps that training
-    subset and takes the whole test set. eval_examples=0: the whole splits throughout."""
+    subset and takes the whole test set. eval_examples=0: the whole splits throughout. With a
+    validation split, every evaluation takes the whole validation and test splits: the model
+    chosen by validation is judged on the whole test set, whichever evaluation it was."""
     if eval_examples <= 0:
         return data, data
 
@@ -116,11 +143,12 @@ def eval_subsets(data: Dataset, eval_examples: int) -> tuple[Dataset, Dataset]:
         idx = idx.sort().values.to(y.device)
         return x[idx], y[idx]
     x_train, y_train = pick(data.x_train, data.y_train)
-    x_test, y_test = pick(data.x_test, data.y_test)
+    x_test, y_test = (data.x_test, data.y_test) if data.has_validation else \
+        pick(data.x_test, data.y_test)
     every = Dataset(data.name, data.description, x_train, y_train, x_test, y_test,
-                    data.num_classes, data.image_shape)
+                    data.num_classes, data.image_shape, data.x_val, data.y_val)
     final = Dataset(data.name, data.description, x_train, y_train, data.x_test, data.y_test,
-                    data.num_classes, data.image_shape)
+                    data.num_classes, data.image_shape, data.x_val, data.y_val)
     return every, final
 
 
@@ -189,7 +217,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     cfg.validate()
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
-                            cfg.train_examples, cfg.test_examples, cfg.pad_to)
+                            cfg.train_examples, cfg.test_examples, cfg.pad_to, cfg.val_fraction)
     device = data.x_train.device
     n = len(data.y_train)
     budget = int(round(cfg.epochs * n))
@@ -219,7 +247,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state.get("version") != CHECKPOINT_VERSION:
             raise RuntimeError(f"{ckpt}: checkpoint version {state.get('version')} not supported")
-        old = dict(state["config"])
+        old = TrainConfig.normalised(dict(state["config"])) or dict(state["config"])
         new = cfg.to_dict()
         diff = [k for k in new if k not in ("epochs", "device") and old.get(k) != new[k]]
         if diff:
@@ -254,6 +282,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         if diverged:
             rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
                        test_acc=None, layers={})
+            if data.has_validation:
+                rec.update(val_loss=math.inf, val_acc=None)
         else:
             on = final_data if final else eval_data
             align = final or pos["evals"] % cfg.align_every == 0
@@ -367,7 +397,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
     pos["evals"] += 1
     while pos["next_eval"] <= pos["examples"]:  # so a resumed run does not re-log this point
         pos["next_eval"] += eval_every
-    final = final_record(last, diverged, time.perf_counter() - t0)
+    final = final_record(last, diverged, time.perf_counter() - t0, records)
     records.append(final)
     writer.write(final)
     checkpoint()
