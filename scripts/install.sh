@@ -10,6 +10,20 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 py=.venv/bin/python
+# Fashion-MNIST from Debian's package (/usr/share/datasets/fashion-mnist, about 30 MB), found by
+# `--dataset fashion-mnist` without --data-dir: installed where apt is there and we are root,
+# skipped (with a line saying so) otherwise; nothing else needs it.
+if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "soap_cuda: Fashion-MNIST present (/usr/share/datasets/fashion-mnist)"
+elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      dataset-fashion-mnist >/dev/null; } 2>&1 | tail -2 || true
+  [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+    && echo "soap_cuda: Fashion-MNIST installed (apt: dataset-fashion-mnist)" \
+    || echo "soap_cuda: could not install dataset-fashion-mnist; --dataset fashion-mnist will need --data-dir"
+else
+  echo "soap_cuda: Fashion-MNIST not installed (needs apt and root: apt-get install dataset-fashion-mnist)"
+fi
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 if "$py" scripts/build_stamp.py check requirements; then
   echo "soap_cuda: requirements up to date"

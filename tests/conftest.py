@@ -5,6 +5,8 @@ import sys
 import zlib
 from pathlib import Path
 
+import tempfile
+
 import pytest
 import torch
 
@@ -26,6 +28,10 @@ SOURCE_TREE_SKIP_REASON = "needs the source tree (README, benchmarks/, scripts/)
 requires_source_tree = pytest.mark.skipif(not HAS_SOURCE_TREE, reason=SOURCE_TREE_SKIP_REASON)
 if HAS_SOURCE_TREE and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # benchmarks/ is a package at the root, not installed
+
+# Decoded data sets are cached (soap_cuda/experiments/idx_cache.py): the suite's own cache, so it
+# neither reads nor fills the user's (subprocesses inherit it).
+os.environ.setdefault("SOAP_CUDA_CACHE", tempfile.mkdtemp(prefix="soap_cuda_test_cache_"))
 
 # Inputs are fresh each run; SOAP_CUDA_TEST_SEED=<n> replays a run (the header prints n).
 RUN_SEED = int(os.environ.get("SOAP_CUDA_TEST_SEED", random.randrange(2**31)))

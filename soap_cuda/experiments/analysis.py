@@ -2,8 +2,9 @@
 
 A contrast compares arms, each at one learning rate, against a reference arm (backprop in the
 same setting): examples needed to reach a target training loss (per seed, then the ratio of
-means with a paired bootstrap interval over seeds), final training loss, test accuracy, and each
-arm's per-layer error-signal gain and angle against backprop.
+means with a paired bootstrap interval over seeds), final training loss, test accuracy, the test
+error of the best-validation evaluation (runs with a validation split; the final test error
+otherwise), and each arm's per-layer error-signal gain and angle against backprop.
 """
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def _layer_means(store: RunStore, label: str, lr: float, seeds: list[int]) -> di
     return out
 
 
+def test_errors(finals: list[dict]) -> tuple[list[float], str]:
+    """Per run, the test error of its best-validation evaluation ("best validation"), or, when
+    no run of the sweep has a validation split, its final test error ("final"); inf for a run
+    with none (diverged before any healthy evaluation)."""
+    if any("best_val" in f for f in finals):
+        return [f["best_val"]["test_error"] if "best_val" in f else math.inf
+                for f in finals], "best validation"
+    return [1.0 - f["test_acc"] if f.get("test_acc") is not None else math.inf
+            for f in finals], "final"
+
+
 def _mean_curve(store: RunStore, label: str, lr: float, seeds: list[int]):
     curves = [store.curve(label, lr, s) for s in seeds]
     x = np.asarray(curves[0][0], dtype=float)
@@ -68,8 +80,11 @@ def contrast(store: RunStore, name: str, title: str, members: list[tuple[str, fl
     times = {label: [time_to_target(*store.curve(label, lr, s), target) for s in seeds]
              for label, lr in members}
     rows = []
+    kinds = set()
     for label, lr in members:
         finals = [store.final(label, lr, s) for s in seeds]
+        errors, kind = test_errors(finals)
+        kinds.add(kind)
         ratio = ratio_ci(times[label], times[ref], censor_at=budget)
         rows.append({
             "arm": label, "lr": lr,
@@ -81,11 +96,13 @@ def contrast(store: RunStore, name: str, title: str, members: list[tuple[str, fl
             "final_train_loss": mean_ci([f["train_loss"] for f in finals]).to_dict(),
             "final_test_acc": mean_ci([f["test_acc"] if f["test_acc"] is not None else 0.0
                                        for f in finals]).to_dict(),
+            "test_error": mean_ci(errors).to_dict(),
             "diverged": sum(bool(f.get("diverged")) for f in finals),
             "layers": _layer_means(store, label, lr, seeds),
         })
     return {"name": name, "title": title, "ref": ref, "target_loss": target,
             "target_note": target_note, "budget_examples": budget, "seeds": len(seeds),
+            "test_error_kind": "best validation" if "best validation" in kinds else "final",
             "members": rows}
 
 

@@ -68,18 +68,32 @@ def _sentence(c: dict, arm: str) -> str:
             f"{censored}")
 
 
+_TEST_ERROR_NOTE = {
+    "best validation": "Test error: of each run's best-validation evaluation (the model a "
+                       "published table would report), in %.",
+    "final": "Test error: at the end of each run, in % (no validation split: `--val-fraction "
+             "0.1` holds one out and gives the best-validation model's test error instead)."}
+
+
+def _test_error(m: dict) -> str:
+    d = m.get("test_error")
+    return "n/a" if d is None else _interval(d, 3, scale=100.0)
+
+
 def _contrast_table(c: dict) -> list[str]:
+    kind = c.get("test_error_kind", "final")
     lines = [f"Target training loss {c['target_loss']:.4g} ({c['target_note']}); "
              f"run length {int(c['budget_examples']):,} examples; {c['seeds']} seeds; "
-             f"95% bootstrap intervals over seeds (paired by seed for ratios).", "",
+             f"95% bootstrap intervals over seeds (paired by seed for ratios). "
+             f"{_TEST_ERROR_NOTE[kind]}", "",
              f"| arm | lr | examples to target | ratio vs {c['ref']} | verdict | "
-             f"final train loss | test accuracy | seeds reaching target |",
+             f"final train loss | test error % ({kind}) | seeds reaching target |",
              "|---|---|---|---|---|---|---|---|"]
     for m in c["members"]:
         lines.append(
             f"| {m['arm']} | {m['lr']:g} | {_interval(m['mean_examples'], 4)} | "
             f"{_interval(m['ratio_vs_ref'])} | {m['verdict']} | "
-            f"{_interval(m['final_train_loss'])} | {_interval(m['final_test_acc'])} | "
+            f"{_interval(m['final_train_loss'])} | {_test_error(m)} | "
             f"{m['reached']}/{c['seeds']}" + (f" ({m['diverged']} diverged)" if m["diverged"]
                                               else "") + " |")
     return lines
