@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "value: no pilot, every rule at that rate)")
     q.add_argument("--pilot-epochs", type=_positive_float, default=1.0,
                    help="epochs of each pilot run (default 1)")
+    q.add_argument("--max-extend", type=int, default=2,
+                   help="at most this many log steps added to a rule's pilot grid whose best "
+                        "lr is at an edge (default 2)")
     q.add_argument("--rules", type=_names, default=None, metavar="R[,R...]",
                    help=f"rules (default {','.join(LENET_RULES)})")
     q.add_argument("--data-dir", default=None,
@@ -365,7 +368,8 @@ def _cmd_reproduce(args) -> int:
     from .experiments.sweep import Runner
 
     opts = Options(epochs=args.epochs, seeds=args.seeds, lrs=args.lrs,
-                   pilot_epochs=args.pilot_epochs, rules=args.rules, data_dir=args.data_dir,
+                   pilot_epochs=args.pilot_epochs, max_extend=args.max_extend,
+                   rules=args.rules, data_dir=args.data_dir,
                    train_examples=args.train_examples, test_examples=args.test_examples,
                    device=args.device)
     out = Path(args.out or f"results/reproduce-{args.preset}")

@@ -9,6 +9,7 @@ from soap_cuda.cli import main
 from soap_cuda.experiments import data as data_mod
 from soap_cuda.experiments.idx import write_idx
 from soap_cuda.experiments.runs import RunStore
+from soap_cuda.experiments.stats import extend_grid
 
 
 @pytest.fixture
@@ -34,17 +35,22 @@ def test_reproduce_chooses_on_validation_and_reports_best_validation_errors(
         fashion, capsys, single_torch_thread):
     out = fashion / "out"
     argv = ["reproduce", "lenet-fashion-mnist", "--epochs", "0.5", "--pilot-epochs", "0.25",
-            "--lrs", "0.003,0.1", "--rules", "bp,fa,dfa", "--seeds", "2", "--jobs", "1",
-            "--no-progress", "--out", str(out)]
+            "--lrs", "0.003,0.1", "--max-extend", "1", "--rules", "bp,fa,dfa", "--seeds", "2",
+            "--jobs", "1", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     summary = json.loads((out / "reproduce.json").read_text())
-    assert summary["runs_trained"] == 3 * 2 + 3 * 2  # pilot, then the table
+    # a two-rate grid's best is at an edge: one more rate each, then the table
+    assert summary["runs_trained"] == 3 * 3 + 3 * 2
     pilot = RunStore(out / "pilot")
     table = RunStore(out)
+    error = lambda rule, lr: 1 - pilot.final(rule, lr, 0)["best_val"]["val_acc"]  # noqa: E731
     for row in summary["rows"]:
         rule = row["rule"]
-        val_err = {lr: 1 - pilot.final(rule, lr, 0)["best_val"]["val_acc"] for lr in (0.003, 0.1)}
-        assert row["lr"] == min(val_err, key=lambda lr: (val_err[lr], lr))
+        first = min((0.003, 0.1), key=lambda lr: (error(rule, lr), lr))
+        added = extend_grid([0.003, 0.1], "low" if first == 0.003 else "high")
+        grid = sorted([0.003, 0.1, added])
+        assert sorted(float(x) for x in summary["pilot"][rule]) == grid
+        assert row["lr"] == min(grid, key=lambda lr: (error(rule, lr), lr))
         errors = [100 * table.final(rule, row["lr"], s)["best_val"]["test_error"] for s in (0, 1)]
         assert row["per_seed_pct"] == pytest.approx(errors)
         assert row["test_error_pct"]["estimate"] == pytest.approx(sum(errors) / 2)

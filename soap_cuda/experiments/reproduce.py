@@ -4,7 +4,9 @@ A preset fixes the recipe of the table it reproduces (model, data, optimizer, sc
 evaluation protocol) and the published numbers to set beside ours. A run of it:
   1. pilot: each rule at each learning rate of the grid, one seed, `pilot_epochs` epochs
      without the step schedule; each rule keeps the learning rate of lowest validation error
-     (never the test set: the choice must not see what is reported);
+     (never the test set: the choice must not see what is reported); a rule whose best sits at
+     an edge of its grid gets one more geometric step there, up to `max_extend` times, as a
+     sweep's grids do;
   2. the table: each rule at its learning rate with `seeds` seeds and the full recipe;
   3. OUT/reproduce.md and OUT/reproduce.json: per rule, the best-validation model's test error
      (mean and 95% bootstrap interval over seeds), the published number beside it, the
@@ -23,7 +25,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .data import load_dataset
 from .runs import RunStore, is_complete, run_path
-from .stats import mean_ci
+from .stats import best_lr, extend_grid, mean_ci
 
 # BioTorch's LeNet table (Benchmarks.md of the BioTorch repository): top-1 test error %, the
 # model of best validation accuracy. Its names: uSF = scaled_sign, frSF = rescaled_sign,
@@ -75,6 +77,7 @@ class Options:
     seeds: int = 3
     lrs: list[float] | None = None
     pilot_epochs: float = 1.0
+    max_extend: int = 2
     rules: list[str] | None = None
     data_dir: str | None = None
     train_examples: int | None = None
@@ -131,14 +134,26 @@ def reproduce(preset_name: str, out_dir: str | Path, opts: Options, runner) -> d
         runner.run(tasks, desc)
         return RunStore(root)
 
-    chosen, pilot_table = {}, {}
+    chosen, pilot_table, notes = {}, {}, {}
     if len(lrs) > 1:
-        store = run_all([(r, lr, 0) for r in rules for lr in lrs], out / "pilot",
-                        opts.pilot_epochs, True, "pilot")
-        for r in rules:
-            errors = {lr: _val_error(store, r, lr, 0) for lr in lrs}
-            pilot_table[r] = errors
-            chosen[r] = min(lrs, key=lambda lr: (errors[lr], lr))  # ties: the smaller lr
+        grids = {r: list(lrs) for r in rules}
+        for extension in range(opts.max_extend + 1):
+            store = run_all([(r, lr, 0) for r in rules for lr in grids[r]], out / "pilot",
+                            opts.pilot_epochs, True, "pilot")
+            grew = False
+            for r in rules:
+                errors = {lr: _val_error(store, r, lr, 0) for lr in grids[r]}
+                pilot_table[r] = errors
+                best = best_lr(errors)  # ties: the smaller lr
+                chosen[r] = best.lr
+                if best.at_edge in ("low", "high"):
+                    if extension < opts.max_extend:
+                        grids[r] = sorted({*grids[r], extend_grid(grids[r], best.at_edge)})
+                        grew = True
+                    else:
+                        notes[r] = f"best pilot lr still at the {best.at_edge} edge"
+            if not grew:
+                break
     else:
         chosen = {r: lrs[0] for r in rules}
     seeds = list(range(opts.seeds))
@@ -155,10 +170,10 @@ def reproduce(preset_name: str, out_dir: str | Path, opts: Options, runner) -> d
                      "diverged": sum(bool(f["diverged"]) for f in finals),
                      "best_epoch_mean": (sum(best_epochs) / len(best_epochs)
                                          if best_epochs else None),
-                     "published_pct": preset.published.get(r)})
+                     "published_pct": preset.published.get(r), "note": notes.get(r)})
     first = store.records(rules[0], chosen[rules[0]], 0)[0]
     summary = {"preset": asdict(preset), "options": asdict(opts), "epochs": epochs,
-               "lrs": lrs, "pilot": {r: {repr(k): v for k, v in e.items()}
+               "lrs": lrs, "pilot": {r: {repr(k): v for k, v in sorted(e.items())}
                                      for r, e in pilot_table.items()},
                "data": first["data"], "rows": rows, "wall_s": time.perf_counter() - t0,
                "runs_trained": sum(runner.units)}
@@ -183,8 +198,9 @@ def render(summary: dict) -> str:
              f"learning rate x0.1 at {', '.join(f'{f:.0%}' for f in p['lr_drops'])} of them; "
              f"sign rules sync B every {p['sync_every']} examples; an evaluation every epoch.",
              f"- Selection: the learning rate per rule from the grid "
-             f"{', '.join(f'{x:g}' for x in summary['lrs'])} by the lowest validation error "
-             f"of a {summary['options']['pilot_epochs']:g}-epoch pilot (seed 0, no schedule)"
+             f"{', '.join(f'{x:g}' for x in summary['lrs'])} (extended by a step where a "
+             f"rule's best sat at an edge) by the lowest validation error of a "
+             f"{summary['options']['pilot_epochs']:g}-epoch pilot (seed 0, no schedule)"
              if summary["pilot"] else "- Learning rate: one for every rule, as given.",
              f"- Reported: the test error of each run's best-validation evaluation; mean over "
              f"{summary['options']['seeds']} seeds with a 95% bootstrap interval.",
@@ -198,13 +214,18 @@ def render(summary: dict) -> str:
             f"| {name(row['rule'])} | {row['lr']:g} | {_pct(row['test_error_pct'])} | "
             f"{', '.join(f'{v:.2f}' for v in row['per_seed_pct'])} | "
             f"{'n/a' if best is None else f'{best:.1f}'} | "
-            f"{'not in the table' if pub is None else f'{pub:g}'} |")
+            f"{'not in the table' if pub is None else f'{pub:g}'} |"
+            + (f" {row['note']}" if row.get("note") else ""))
     if summary["pilot"]:
-        lines += ["", "Pilot validation error % (seed 0):", "",
-                  "| rule | " + " | ".join(f"lr {x:g}" for x in summary["lrs"]) + " |",
-                  "|---|" + "---|" * len(summary["lrs"])]
+        grid = sorted({float(x) for errs in summary["pilot"].values() for x in errs})
+        lines += ["", "Pilot validation error % (seed 0; blank: not run for that rule):", "",
+                  "| rule | " + " | ".join(f"lr {x:g}" for x in grid) + " |",
+                  "|---|" + "---|" * len(grid)]
         for r, errs in summary["pilot"].items():
-            lines.append(f"| {name(r)} | " + " | ".join(
-                "diverged" if math.isinf(errs[repr(x)]) else f"{100 * errs[repr(x)]:.2f}"
-                for x in summary["lrs"]) + " |")
+            cells = []
+            for x in grid:
+                v = errs.get(repr(x))
+                cells.append("" if v is None else "diverged" if math.isinf(v) else
+                             f"{100 * v:.2f}")
+            lines.append(f"| {name(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
