@@ -83,10 +83,14 @@ ADAM_RUNS = [dict(rule="bp", lr=1e-3, seed=0, optimizer="adam"),
 
 SOAP_RUNS = [dict(rule="soap", lr=1.0, seed=0), dict(rule="soap", lr=0.5, seed=1),
              dict(rule="soap", lr=2.0, seed=2)]
+# one stack, each model with its own optimizer: SGD (with and without momentum) beside Adam
+MIXED_RUNS = SGD_RUNS[:3] + ADAM_RUNS
+DFA_MIXED_RUNS = DFA_RUNS + [dict(rule="dfa", lr=1e-3, seed=2, optimizer="adam")]
 
 
-@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS, SOAP_RUNS],
-                         ids=["sgd", "dfa", "adam", "soap"])
+@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS, SOAP_RUNS, MIXED_RUNS,
+                                  DFA_MIXED_RUNS],
+                         ids=["sgd", "dfa", "adam", "soap", "sgd-and-adam", "dfa-sgd-and-adam"])
 def test_each_model_reproduces_its_sequential_run(float64, digits64, runs):
     cfgs = [_cfg(**r) for r in runs]
     if runs is SOAP_RUNS:  # and a learning-rate drop, which SOAP's step length follows
@@ -124,7 +128,9 @@ def test_what_is_batchable():
     assert group_key(_cfg(rule="fa", model="lenet")) != group_key(_cfg(rule="fa"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))
-    assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", optimizer="adam"))
+    # SGD and Adam models share a stack (a DFA arm and its Adam arm too)
+    assert group_key(_cfg(rule="fa")) == group_key(_cfg(rule="fa", optimizer="adam"))
+    assert group_key(_cfg(rule="dfa")) == group_key(_cfg(rule="dfa", optimizer="adam"))
     with pytest.raises(ValueError, match="share one group_key"):
         train_batched([_cfg(rule="fa"), _cfg(rule="fa", hidden=[8])], [None, None], None)
 
