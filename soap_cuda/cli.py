@@ -357,11 +357,23 @@ def _cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    args = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _run(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting: a second Ctrl-C changes nothing
+        command = getattr(args, "command", None)
+        print(f"{PROG}{' ' + command if command else ''}: interrupted; {_interrupted(args)}",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     from .experiments.data import DataError
     from .experiments.idx import IDXError
     from .experiments.optimizers import ConfigError
@@ -377,21 +389,18 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if e.filename else ""
         print(f"{PROG} {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting: a second Ctrl-C changes nothing
-        print(f"{PROG} {args.command}: interrupted; {_interrupted(args)}", file=sys.stderr)
-        return 130
 
 
 def _interrupted(args) -> str:
     """What an interrupted command keeps, and how to go on."""
-    if args.command == "train":
+    command = getattr(args, "command", None)
+    if command == "train":
         ckpt = getattr(args, "checkpoint", None)
         if ckpt is not None and Path(ckpt).is_file():
             return (f"the last checkpoint ({ckpt}) is kept: the same command with --resume "
                     f"continues from it")
         return "no checkpoint was written yet: rerun to start again"
-    if args.command == "sweep":
+    if command == "sweep":
         return ("finished runs and the checkpoints of the runs in progress are kept: the same "
                 "command resumes the sweep")
     return "nothing was changed"

@@ -1,5 +1,6 @@
 """A sweep's runs trained as one stacked model: each model reproduces its own sequential run
 (float64: curves equal to 1e-9 relative), one model diverging leaves the others untouched."""
+import json
 import math
 
 import pytest
@@ -267,3 +268,40 @@ def test_the_alignment_probe_in_passes_measures_what_one_pass_does(float64, mnis
                 assert (math.isnan(got) and math.isnan(value)) or abs(got - value) <= tol, \
                     (layer, key, got, value)
     assert any(0.1 < m["net.0"]["err_angle_deg"] for m in whole)  # FA models: not backprop
+
+
+@pytest.mark.parametrize("runs", [MIXED_RUNS, DFA_MIXED_RUNS], ids=["mixed", "dfa"])
+def test_a_stacked_group_stopped_mid_way_resumes_exactly(digits64, float64, tmp_path, runs):
+    """Stopped (as by Ctrl-C) after its third checkpoint, a stack resumes from it: every
+    model's records and file equal those of the uninterrupted stack, bit for bit."""
+    cfgs = [_cfg(**r) for r in runs]
+    whole = train_batched(cfgs, [tmp_path / f"w{i}.jsonl" for i in range(len(cfgs))], digits64)
+    paths = [tmp_path / f"r{i}.jsonl" for i in range(len(cfgs))]
+    ckpt = tmp_path / "stack.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(step):
+        count = [0]
+
+        def on_step(examples):
+            count[0] += 1
+            if count[0] == step:
+                raise Stop
+        return on_step, count
+    on_step, _ = stop_at(14)  # evaluations every 4 steps: checkpoints at steps 4, 8 and 12
+    with pytest.raises(Stop):
+        train_batched(cfgs, paths, digits64, on_step=on_step, checkpoint_path=ckpt,
+                      checkpoint_every_evals=1)
+    assert ckpt.is_file()
+    on_step, count = stop_at(-1)
+    resumed = train_batched(cfgs, paths, digits64, on_step=on_step, checkpoint_path=ckpt,
+                            checkpoint_every_evals=1)
+    assert count[0] == whole[0][-2]["step"] - 12  # it went on from step 12
+    def strip(recs):  # as text: NaN angles (DFA's B-W) compare equal
+        return json.dumps([{k: v for k, v in r.items() if k != "wall_s"} for r in recs])
+    from soap_cuda.experiments.train import read_records
+    for k in range(len(cfgs)):
+        assert strip(resumed[k]) == strip(whole[k])
+        assert strip(read_records(paths[k])) == strip(read_records(tmp_path / f"w{k}.jsonl"))

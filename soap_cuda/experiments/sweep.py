@@ -11,6 +11,7 @@ Runs already on disk with the same settings are reused, so an interrupted sweep 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -127,6 +128,23 @@ def _worker_init(threads: int, queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _WORKER_PROGRESS = _Progress(queue)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """While the pool spawns workers (submit does): an ignored SIGINT is the one disposition a
+    new process inherits, so a Ctrl-C that lands while a worker still imports torch, before
+    _worker_init runs, leaves it alone (the main process ends it) instead of printing a
+    traceback. Ignored in the main process for these milliseconds too."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _data_for(cfg: TrainConfig, device: str | None = None):
@@ -289,8 +307,9 @@ class Runner:
         if not tasks:
             return
         units = self._resumable_units(tasks)
-        units += plan_units([t for t in tasks if not any(t in u for u in units)],
-                            self.batched, self.jobs)
+        resumed = {p for u in units for _, p in u}
+        units += plan_units([t for t in tasks if t[1] not in resumed], self.batched, self.jobs)
+        self._save_plan(units)
         self.units += [len(u) for u in units]
         # every rank planned the same units
         mine = list(enumerate(units))[ranks.rank()::ranks.world()]
@@ -333,8 +352,9 @@ class Runner:
                 finished(uid, _run_task(unit, uid, self._checkpoint(unit),
                                         on_step=lambda ex, uid=uid: advance(uid, ex, 1)))
         else:
-            futures = {self.pool.submit(_run_task, unit, uid, self._checkpoint(unit)): uid
-                       for uid, unit in mine}
+            with _workers_ignore_sigint():
+                futures = {self.pool.submit(_run_task, unit, uid, self._checkpoint(unit)): uid
+                           for uid, unit in mine}
             while futures:
                 done, _ = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
                 self._drain(advance)
@@ -356,26 +376,40 @@ class Runner:
         return group_checkpoint(self.out, unit)
 
     def _resumable_units(self, tasks: list[tuple[dict, str]]) -> list[list[tuple[dict, str]]]:
-        """Units an interrupted sweep left checkpoints of, as they were planned then (a stack
-        whose diverged models finished early still resumes as the stack it was): every one of
-        whose runs is still to do or was finished by it."""
-        folder = Path(self.out) / "runs" / ".stacked"
-        if not folder.is_dir():
+        """The units an interrupted sweep planned for these tasks, as it planned them (so each
+        stack resumes from its checkpoint, or starts, with the models it had; a stack whose
+        diverged models finished early still resumes whole): every stored unit all of whose
+        runs are still to do here or were finished by it."""
+        if ranks.world() > 1:  # ranks plan alike only from what all of them see: the tasks
             return []
+        folder = Path(self.out) / "runs" / ".stacked"
         todo = {p: cfg for cfg, p in tasks}
-        units = []
-        for path in sorted(folder.glob("*.pt")):
+        units, taken = [], set()
+        for path in sorted(folder.glob("plan-*.json")):
             try:
-                members = torch.load(path, map_location="cpu", weights_only=False)["tasks"]
-            except Exception:  # a checkpoint of another version or a torn file: not resumed
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError):
                 continue
-            members = [(cfg, p) for cfg, p in members]
-            if path != group_checkpoint(self.out, members) or not any(p in todo for _, p in members):
-                continue
-            if all(todo.get(p) == cfg or is_complete(Path(p), cfg) for cfg, p in members) and \
-                    not any(p in {q for u in units for _, q in u} for _, p in members):
-                units.append(members)
+            for unit in stored:
+                members = [(cfg, p) for cfg, p in unit]
+                if not any(p in todo for _, p in members) or any(p in taken for _, p in members):
+                    continue
+                if all(todo.get(p) == cfg or is_complete(Path(p), cfg) for cfg, p in members):
+                    units.append(members)
+                    taken.update(p for _, p in members)
         return units
+
+    def _save_plan(self, units: list[list[tuple[dict, str]]]) -> None:
+        """The units as planned, for a resume after an interrupt (removed when the sweep ends)."""
+        if ranks.world() > 1 or not any(len(u) > 1 for u in units):
+            return
+        text = json.dumps(units)
+        path = Path(self.out) / "runs" / ".stacked" / \
+            f"plan-{hashlib.sha1(text.encode()).hexdigest()[:16]}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 class Sweep:
@@ -470,8 +504,9 @@ class Sweep:
                 gm.append(Arm(gain_matched_label(r), "bp", "sgd", list(src.lrs), gain_of=r))
             self._run_arms(gm, runner, "gain-matched backprop")
             self.arms = sgd + gm + adam  # the report's order
-        for stale in (self.out / "runs" / ".stacked").glob("*.pt"):
-            stale.unlink(missing_ok=True)  # every unit finished: what is left belongs to no run
+        if ranks.rank() == 0:  # every unit finished: plans and checkpoints left belong to none
+            for stale in (self.out / "runs" / ".stacked").glob("*"):
+                stale.unlink(missing_ok=True)
         stacked = [u for u in runner.units if u > 1]
         total = sum(len(a.lrs) for a in self.arms) * len(self.seeds)
         self.execution = {"mode": "batched" if self.batched else "sequential",
