@@ -1,6 +1,7 @@
 """A tiny sweep end to end (real digits, in-process): grid extension, gain-matched backprop,
 Adam arms, analysis, report with figures, and reuse of finished runs."""
 import json
+import re
 
 import pytest
 
@@ -165,3 +166,25 @@ def test_stacks_are_split_across_processes_and_capped_by_architecture():
     sizes = [len(u) for u in plan_units(tasks("resnet20", 3 * cap + 1), True, jobs=1)]
     assert max(sizes) <= cap and sum(sizes) == 3 * cap + 1
     assert [len(u) for u in plan_units(tasks("lenet", 3), False, jobs=1)] == [1, 1, 1]
+
+
+def _count(text: str) -> float:
+    return float(text[:-1]) * {"k": 1e3, "M": 1e6}[text[-1]] if text[-1] in "kM" else float(text)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_counts_training_examples_as_they_are_done(tmp_path, capsys, jobs):
+    """The bar moves with the steps of every unit (in this process, or reported by the
+    workers), not once a stack ends: examples done of those planned, with steps per second."""
+    small = spec(rules=["bp", "fa"], lrs=[0.1], fixed_lr=0.1, gain_match=[], adam_rules=[],
+                 max_extend=0,
+                 base={**BASE, "epochs": 6})
+    Sweep(small, tmp_path, jobs=jobs, progress=True).run()
+    err = capsys.readouterr().err
+    states = [(_count(a), _count(b)) for a, b in re.findall(r"\| *([\d.]+[kM]?)/([\d.]+[kM]?) \[",
+                                                             err)]
+    planned = 2 * 2 * 6 * 320  # arms x seeds x epochs x training examples
+    assert states and all(total == pytest.approx(planned, rel=1e-2) for _, total in states)
+    assert states[-1][0] == pytest.approx(planned, rel=1e-2)
+    assert any(0 < done < planned * 0.9 for done, _ in states), states  # within the stacks
+    assert "steps/s" in err and "ex/s" in err

@@ -332,18 +332,17 @@ class Runner:
 
         def advance(uid: int, examples: int, steps: int) -> None:
             self.steps += steps
-            if bar is None or uid is None or done_examples[uid] >= plans[uid]:
-                return  # a late report of a unit already counted in full
-            examples = min(examples, plans[uid] - done_examples[uid])
+            if bar is None:
+                return
+            examples = min(examples, plans[uid] - done_examples[uid])  # late reports: none
             done_examples[uid] += examples
-            bar.update(examples)
             bar.set_postfix_str(f"{runs_done[0]}/{len(tasks)} runs, "
                                 f"{self.steps / (time.perf_counter() - start):.0f} steps/s",
                                 refresh=False)
+            bar.update(examples)
 
         def finished(uid: int, result) -> None:
-            runs, _ = result
-            runs_done[0] += runs
+            runs_done[0] += result[0]
             if bar is not None:  # diverged runs stop early: their unit counts in full
                 advance(uid, plans[uid] - done_examples[uid], 0)
 
