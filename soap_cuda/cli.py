@@ -138,8 +138,8 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
                         "(default 1000; 0 = the whole splits every time, as before)")
     g.add_argument("--align-every", type=_positive_int, default=4, metavar="K",
                    help="measure alignment (B-W angles, error signals against backprop on the "
-                        "probe batch) at every K-th evaluation, and at the first and last "
-                        "(default 4)")
+                        "probe batch) at each of the first K evaluations (the angles move "
+                        "fastest early), then every K-th, and at the last (default 4)")
     g.add_argument("--probe-examples", type=_positive_int, default=512, metavar="N",
                    help="training examples used to measure error-signal alignment (default 512)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")

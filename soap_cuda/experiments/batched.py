@@ -39,8 +39,8 @@ from .batched_dfa import dfa_output
 from .batched_soap import StackedSOAP
 from .stacked_rules import StackedRules, sync_proxies
 from . import train as _train
-from .train import (_epoch_order, _save_checkpoint, _Writer, diverged_by_loss, eval_subsets,
-                    final_record, run_environment)
+from .train import (_epoch_order, _save_checkpoint, _Writer, aligns_at, diverged_by_loss,
+                    eval_subsets, final_record, run_environment)
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa", "soap")
@@ -455,7 +455,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             net.train(False)  # as train()'s evaluate: batch norm on its running statistics
             train_loss, train_acc = _loss_acc(net, on.x_train, on.y_train)
             test_loss, test_acc = _loss_acc(net, on.x_test, on.y_test)
-            align = final or pos["evals"] % cfg0.align_every == 0
+            align = final or aligns_at(pos["evals"], cfg0.align_every)
             finite = [math.isfinite(train_loss[k]) and math.isfinite(test_loss[k])
                       for k in range(m_count)]
             layers = _alignment(net, probe) if align else None

@@ -97,6 +97,12 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor],
         model.train(was_training)
 
 
+def aligns_at(evaluation: int, align_every: int) -> bool:
+    """Whether the evaluation numbered `evaluation` (0 = the first) measures alignment: each of
+    the first `align_every`, where the angles move fastest, then every `align_every`-th."""
+    return evaluation < align_every or evaluation % align_every == 0
+
+
 def diverged_by_loss(records: list[dict], train_loss: float) -> bool:
     """A run's eval rule for divergence: the training loss is not finite, or exceeds
     DIVERGE_FACTOR times its first evaluation's."""
@@ -270,7 +276,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                        test_acc=None, layers={})
         else:
             on = final_data if final else eval_data
-            align = final or pos["evals"] % cfg.align_every == 0
+            align = final or aligns_at(pos["evals"], cfg.align_every)
             rec.update(evaluate(model, on, probe, alignment=align))
             rec["eval_examples"] = [len(on.y_train), len(on.y_test)]
             if diverged_by_loss(records, rec["train_loss"]):
