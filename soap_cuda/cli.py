@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one model (MLP, LeNet-5 or ResNet-20) with one "
                        "feedback rule and learning rate",
                        description="Train one model (default an MLP 784-1000-10, the classic "
-                       "FA setup; --model lenet or resnet20) with SGD or Adam. Writes metrics as JSON lines (train/test loss and "
+                       "FA setup; --model lenet or resnet20) with SGD or Adam. Writes metrics "
+                       "as JSON lines (train/test loss and "
                        "accuracy, per-layer B-W angle, error-signal angle and norm ratio vs "
                        "backprop) and a checkpoint that --resume continues exactly.")
     t.add_argument("--rule", default="fa", choices=rules,

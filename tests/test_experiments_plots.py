@@ -3,7 +3,6 @@ with layers net.0, net.3, net.11), read back through RunStore, drawn by plots.py
 import json
 import math
 
-import matplotlib
 import pytest
 
 from soap_cuda.experiments import plots
@@ -25,10 +24,10 @@ def _write_run(out, label, lr, seed, final_loss, diverged=False, eval_examples=2
                      "diverged": diverged, "examples": 1000}]
     path = run_path(out, label, lr, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(json.dumps(plots_safe(r)) for r in recs) + "\n")
+    path.write_text("\n".join(json.dumps(_finite(r)) for r in recs) + "\n")
 
 
-def plots_safe(r):
+def _finite(r):
     return {k: (1e308 if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}
 
 
@@ -37,8 +36,11 @@ def figures(monkeypatch):
     """The figures as drawn (before they are saved and closed)."""
     drawn = []
     real = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (fig.canvas.draw(), drawn.append(
-        {"axes": fig.axes, "texts": [t for ax in fig.axes for t in ax.texts]}), real(fig, path))[-1])
+    def save(fig, path):
+        fig.canvas.draw()
+        drawn.append({"axes": fig.axes, "texts": [t for ax in fig.axes for t in ax.texts]})
+        return real(fig, path)
+    monkeypatch.setattr(plots, "_save", save)
     return drawn
 
 

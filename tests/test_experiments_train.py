@@ -150,7 +150,7 @@ def test_evaluations_use_fixed_subsets_and_the_final_one_the_whole_test_set(digi
 def test_alignment_is_measured_every_kth_evaluation(digits):
     ev = evals(train(cfg(align_every=3), data=digits))
     with_layers = [i for i, r in enumerate(ev) if r["layers"]]
-    assert with_layers == [0, 1, 2, 3, 6, len(ev) - 1]  # the first 3 (the fast start), then every 3rd
+    assert with_layers == [0, 1, 2, 3, 6, len(ev) - 1]  # the first 3 (the fast start), every 3rd
 
 
 def test_checkpoints_by_time_unless_told_every_k_evaluations(digits, tmp_path, monkeypatch):

@@ -336,7 +336,7 @@ class Runner:
                 return
             examples = min(examples, plans[uid] - done_examples[uid])  # late reports: none
             done_examples[uid] += examples
-            bar.set_postfix_str(f"{runs_done[0]}/{len(tasks)} runs, "
+            bar.set_postfix_str(f"{min(runs_done[0], len(tasks))}/{len(tasks)} runs, "
                                 f"{self.steps / (time.perf_counter() - start):.0f} steps/s",
                                 refresh=False)
             bar.update(examples)
