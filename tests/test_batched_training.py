@@ -270,12 +270,24 @@ def test_the_alignment_probe_in_passes_measures_what_one_pass_does(float64, mnis
     assert any(0.1 < m["net.0"]["err_angle_deg"] for m in whole)  # FA models: not backprop
 
 
-@pytest.mark.parametrize("runs", [MIXED_RUNS, DFA_MIXED_RUNS], ids=["mixed", "dfa"])
-def test_a_stacked_group_stopped_mid_way_resumes_exactly(digits64, float64, tmp_path, runs):
-    """Stopped (as by Ctrl-C) after its third checkpoint, a stack resumes from it: every
-    model's records and file equal those of the uninterrupted stack, bit for bit."""
-    cfgs = [_cfg(**r) for r in runs]
-    whole = train_batched(cfgs, [tmp_path / f"w{i}.jsonl" for i in range(len(cfgs))], digits64)
+CONV_STOP = dict(epochs=0.75, eval_every=16)  # 3 steps, an evaluation (and checkpoint) after each
+
+
+@pytest.mark.parametrize("model,runs,stop,resumed_from", [
+    ("mlp", MIXED_RUNS, 14, 12), ("mlp", DFA_MIXED_RUNS, 14, 12),
+    ("resnet20", RESNET_RUNS[:1], 2, 1)], ids=["mixed", "dfa", "resnet20"])
+def test_a_stacked_group_stopped_mid_way_resumes_exactly(request, float64, tmp_path, model, runs,
+                                                         stop, resumed_from):
+    """Stopped (as by Ctrl-C) after a few checkpoints, a stack resumes from the last: every
+    model's records and file equal those of the uninterrupted stack, bit for bit (ResNet-20, a
+    stack of one for time: its batch-norm statistics and momentum buffers included)."""
+    if model == "mlp":
+        data, cfgs = request.getfixturevalue("digits64"), [_cfg(**r) for r in runs]
+    else:
+        data = request.getfixturevalue("mnist32_64")
+        cfgs = [TrainConfig(**{**CONV_BASE, **RESNET_SHORT, **CONV_STOP, **r, "model": model})
+                for r in runs]
+    whole = train_batched(cfgs, [tmp_path / f"w{i}.jsonl" for i in range(len(cfgs))], data)
     paths = [tmp_path / f"r{i}.jsonl" for i in range(len(cfgs))]
     ckpt = tmp_path / "stack.pt"
 
@@ -290,15 +302,15 @@ def test_a_stacked_group_stopped_mid_way_resumes_exactly(digits64, float64, tmp_
             if count[0] == step:
                 raise Stop
         return on_step, count
-    on_step, _ = stop_at(14)  # evaluations every 4 steps: checkpoints at steps 4, 8 and 12
+    on_step, _ = stop_at(stop)  # MLP: evaluations every 4 steps, checkpoints at 4, 8 and 12
     with pytest.raises(Stop):
-        train_batched(cfgs, paths, digits64, on_step=on_step, checkpoint_path=ckpt,
+        train_batched(cfgs, paths, data, on_step=on_step, checkpoint_path=ckpt,
                       checkpoint_every_evals=1)
     assert ckpt.is_file()
     on_step, count = stop_at(-1)
-    resumed = train_batched(cfgs, paths, digits64, on_step=on_step, checkpoint_path=ckpt,
+    resumed = train_batched(cfgs, paths, data, on_step=on_step, checkpoint_path=ckpt,
                             checkpoint_every_evals=1)
-    assert count[0] == whole[0][-2]["step"] - 12  # it went on from step 12
+    assert count[0] == whole[0][-2]["step"] - resumed_from  # it went on from its checkpoint
     def strip(recs):  # as text: NaN angles (DFA's B-W) compare equal
         return json.dumps([{k: v for k, v in r.items() if k != "wall_s"} for r in recs])
     from soap_cuda.experiments.train import read_records
