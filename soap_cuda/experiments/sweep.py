@@ -147,15 +147,18 @@ def _workers_ignore_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def _data_for(cfg: TrainConfig, device: str | None = None):
+def _load(cfg: TrainConfig, device: str):
     from .data import load_dataset
 
-    device = device or cfg.device
-    key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, device,
+    return load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.train_examples,
+                        cfg.test_examples, cfg.pad_to)
+
+
+def _data_for(cfg: TrainConfig):
+    key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device,
            cfg.pad_to)
     if key not in _WORKER_DATA:  # each process decodes a data set once per sweep
-        _WORKER_DATA[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device,
-                                         cfg.train_examples, cfg.test_examples, cfg.pad_to)
+        _WORKER_DATA[key] = _load(cfg, cfg.device)
     return _WORKER_DATA[key]
 
 
@@ -274,6 +277,7 @@ class Runner:
         except ValueError:  # not the main thread: no handler to swap
             previous = None
         try:
+            # the executor has no public way to end its workers: its own process table
             procs = list((getattr(self.pool, "_processes", None) or {}).values())
             for p in procs:
                 p.terminate()
@@ -298,8 +302,9 @@ class Runner:
         for cfg_dict, _ in tasks:
             cfg = TrainConfig.from_dict(cfg_dict)
             key = (cfg.dataset, cfg.data_dir, cfg.train_examples)
-            if key not in sizes:
-                sizes[key] = len(_data_for(cfg, "cpu").y_train)
+            if key not in sizes:  # the runs' own copy when they train here on the CPU
+                data = _data_for(cfg) if cfg.device == "cpu" else _load(cfg, "cpu")
+                sizes[key] = len(data.y_train)
             out.append(int(round(cfg.epochs * sizes[key])))
         return out
 
