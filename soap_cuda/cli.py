@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -153,8 +154,8 @@ def _add_model_data(p, hidden_default: list[int], epochs_default: float,
                         "(default 1000; 0 = the whole splits every time, as before)")
     g.add_argument("--align-every", type=_positive_int, default=4, metavar="K",
                    help="measure alignment (B-W angles, error signals against backprop on the "
-                        "probe batch) at every K-th evaluation, and at the first and last "
-                        "(default 4)")
+                        "probe batch) at each of the first K evaluations (the angles move "
+                        "fastest early), then every K-th, and at the last (default 4)")
     g.add_argument("--probe-examples", type=_positive_int, default=512, metavar="N",
                    help="training examples used to measure error-signal alignment (default 512)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
@@ -183,9 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default sweep on built-in MNIST digits, then a report)."))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train one MLP with one feedback rule and learning rate",
-                       description="Train one MLP (default 784-1000-10, the classic FA setup) "
-                       "with SGD or Adam. Writes metrics as JSON lines (train/test loss and "
+    t = sub.add_parser("train", help="train one model (MLP, LeNet-5 or ResNet-20) with one "
+                       "feedback rule and learning rate",
+                       description="Train one model (default an MLP 784-1000-10, the classic "
+                       "FA setup; --model lenet or resnet20) with SGD or Adam. Writes metrics "
+                       "as JSON lines (train/test loss and "
                        "accuracy, per-layer B-W angle, error-signal angle and norm ratio vs "
                        "backprop) and a checkpoint that --resume continues exactly.")
     t.add_argument("--rule", default="fa", choices=rules,
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every rule over a learning-rate grid with several "
                        "seeds, extend a grid whose best lr sits at an edge, add gain-matched "
                        "backprop and Adam arms, and compare examples-to-target against backprop "
-                       "with bootstrap 95%% intervals. Runs already on disk are reused. The "
+                       "with bootstrap 95% intervals. Runs already on disk are reused. The "
                        "defaults are a small sweep (784-128-10 on 4,000 built-in MNIST digits, "
                        "3 epochs, 5 seeds, about 170 runs) sized for a 2-core CPU; --hidden 1000 "
                        "--epochs 20 --dataset mnist --data-dir DIR is the classic setup.")
@@ -312,17 +315,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_device(device: str) -> None:
+    """A CUDA device that this machine lacks is a one-line error, not a traceback from the
+    first tensor put there."""
+    import torch
+
+    from .experiments.optimizers import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: expected cpu or cuda[:i]")
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here "
+                          f"(torch.cuda.is_available() is False); use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                          f"CUDA device(s)")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a directory that can be made (not a file, not under one)."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(f"--out {out}: {p} is a file, not a directory")
+            if not os.access(p, os.W_OK):
+                raise PermissionError(f"--out {out}: {p} is not writable")
+            return
+
+
 def _cmd_train(args) -> int:
     from .experiments.config import TrainConfig
     from .experiments.train import train
 
+    _check_device(args.device)
     cfg = TrainConfig(rule=args.rule, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
                       layer_lr_scale=args.layer_lr_scale, **_base(args))
     out = Path(args.out or f"results/train/{cfg.rule}_lr{cfg.lr:g}_seed{cfg.seed}")
+    _check_out(out)
     ckpt = out / "checkpoint.pt"
+    args.checkpoint = ckpt  # for the interrupt's message
     if ckpt.exists() and not args.resume:
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue it, or choose "
                               f"another --out")
+    if args.resume and not ckpt.is_file():
+        print(f"{PROG} train: no checkpoint at {ckpt}: nothing to resume, starting a new run",
+              file=sys.stderr)
     records = train(cfg, out / "metrics.jsonl", ckpt, resume=args.resume,
                     progress=not args.no_progress, checkpoint_every_evals=args.checkpoint_every)
     fin = records[-1]
@@ -344,6 +385,8 @@ def _cmd_sweep(args) -> int:
                      target_fraction=args.target_fraction, base=_base(args))
     from .experiments import ranks
 
+    _check_device(args.device)
+    _check_out(Path(args.out))
     ranks.init_from_env(args.device)  # under torchrun: each rank trains its share of the runs
     t0 = time.perf_counter()
     try:
@@ -390,11 +433,23 @@ def _cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    args = None
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _run(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting: a second Ctrl-C changes nothing
+        command = getattr(args, "command", None)
+        print(f"{PROG}{' ' + command if command else ''}: interrupted; {_interrupted(args)}",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     from .experiments.data import DataError
     from .experiments.idx import IDXError
     from .experiments.optimizers import ConfigError
@@ -402,13 +457,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _cmd_train, "sweep": _cmd_sweep, "reproduce": _cmd_reproduce,
                 "report": _cmd_report}[args.command](args)
-    except (ConfigError, DataError, IDXError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, DataError, IDXError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, PermissionError) as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished runs are kept and reused on the next sweep",
-              file=sys.stderr)
-        return 130
+    except OSError as e:  # e.g. a full disk: errno's words, with the file
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"{PROG} {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+def _interrupted(args) -> str:
+    """What an interrupted command keeps, and how to go on."""
+    command = getattr(args, "command", None)
+    if command == "train":
+        ckpt = getattr(args, "checkpoint", None)
+        if ckpt is not None and Path(ckpt).is_file():
+            return (f"the last checkpoint ({ckpt}) is kept: the same command with --resume "
+                    f"continues from it")
+        return "no checkpoint was written yet: rerun to start again"
+    if command in ("sweep", "reproduce"):
+        return ("finished runs and the checkpoints of the runs in progress are kept: the same "
+                f"command resumes the {command}")
+    return "nothing was changed"
 
 
 if __name__ == "__main__":

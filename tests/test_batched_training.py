@@ -1,5 +1,6 @@
 """A sweep's runs trained as one stacked model: each model reproduces its own sequential run
 (float64: curves equal to 1e-9 relative), one model diverging leaves the others untouched."""
+import json
 import math
 
 import pytest
@@ -83,10 +84,14 @@ ADAM_RUNS = [dict(rule="bp", lr=1e-3, seed=0, optimizer="adam"),
 
 SOAP_RUNS = [dict(rule="soap", lr=1.0, seed=0), dict(rule="soap", lr=0.5, seed=1),
              dict(rule="soap", lr=2.0, seed=2)]
+# one stack, each model with its own optimizer: SGD (with and without momentum) beside Adam
+MIXED_RUNS = SGD_RUNS[:3] + ADAM_RUNS
+DFA_MIXED_RUNS = DFA_RUNS + [dict(rule="dfa", lr=1e-3, seed=2, optimizer="adam")]
 
 
-@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS, SOAP_RUNS],
-                         ids=["sgd", "dfa", "adam", "soap"])
+@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_RUNS, ADAM_RUNS, SOAP_RUNS, MIXED_RUNS,
+                                  DFA_MIXED_RUNS],
+                         ids=["sgd", "dfa", "adam", "soap", "sgd-and-adam", "dfa-sgd-and-adam"])
 def test_each_model_reproduces_its_sequential_run(float64, digits64, runs):
     cfgs = [_cfg(**r) for r in runs]
     if runs is SOAP_RUNS:  # and a learning-rate drop, which SOAP's step length follows
@@ -124,7 +129,9 @@ def test_what_is_batchable():
     assert group_key(_cfg(rule="fa", model="lenet")) != group_key(_cfg(rule="fa"))
     assert group_key(_cfg(rule="fa", lr=0.1, seed=3)) == group_key(_cfg(rule="bp", lr=1.0))
     assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", hidden=[8]))
-    assert group_key(_cfg(rule="fa")) != group_key(_cfg(rule="fa", optimizer="adam"))
+    # SGD and Adam models share a stack (a DFA arm and its Adam arm too)
+    assert group_key(_cfg(rule="fa")) == group_key(_cfg(rule="fa", optimizer="adam"))
+    assert group_key(_cfg(rule="dfa")) == group_key(_cfg(rule="dfa", optimizer="adam"))
     with pytest.raises(ValueError, match="share one group_key"):
         train_batched([_cfg(rule="fa"), _cfg(rule="fa", hidden=[8])], [None, None], None)
 
@@ -261,3 +268,52 @@ def test_the_alignment_probe_in_passes_measures_what_one_pass_does(float64, mnis
                 assert (math.isnan(got) and math.isnan(value)) or abs(got - value) <= tol, \
                     (layer, key, got, value)
     assert any(0.1 < m["net.0"]["err_angle_deg"] for m in whole)  # FA models: not backprop
+
+
+CONV_STOP = dict(epochs=0.75, eval_every=16)  # 3 steps, an evaluation (and checkpoint) after each
+
+
+@pytest.mark.parametrize("model,runs,stop,resumed_from", [
+    ("mlp", MIXED_RUNS, 14, 12), ("mlp", DFA_MIXED_RUNS, 14, 12),
+    ("resnet20", RESNET_RUNS[:1], 2, 1)], ids=["mixed", "dfa", "resnet20"])
+def test_a_stacked_group_stopped_mid_way_resumes_exactly(request, float64, tmp_path, model, runs,
+                                                         stop, resumed_from):
+    """Stopped (as by Ctrl-C) after a few checkpoints, a stack resumes from the last: every
+    model's records and file equal those of the uninterrupted stack, bit for bit (ResNet-20, a
+    stack of one for time: its batch-norm statistics and momentum buffers included)."""
+    if model == "mlp":
+        data, cfgs = request.getfixturevalue("digits64"), [_cfg(**r) for r in runs]
+    else:
+        data = request.getfixturevalue("mnist32_64")
+        cfgs = [TrainConfig(**{**CONV_BASE, **RESNET_SHORT, **CONV_STOP, **r, "model": model})
+                for r in runs]
+    whole = train_batched(cfgs, [tmp_path / f"w{i}.jsonl" for i in range(len(cfgs))], data)
+    paths = [tmp_path / f"r{i}.jsonl" for i in range(len(cfgs))]
+    ckpt = tmp_path / "stack.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(step):
+        count = [0]
+
+        def on_step(examples):
+            count[0] += 1
+            if count[0] == step:
+                raise Stop
+        return on_step, count
+    on_step, _ = stop_at(stop)  # MLP: evaluations every 4 steps, checkpoints at 4, 8 and 12
+    with pytest.raises(Stop):
+        train_batched(cfgs, paths, data, on_step=on_step, checkpoint_path=ckpt,
+                      checkpoint_every_evals=1)
+    assert ckpt.is_file()
+    on_step, count = stop_at(-1)
+    resumed = train_batched(cfgs, paths, data, on_step=on_step, checkpoint_path=ckpt,
+                            checkpoint_every_evals=1)
+    assert count[0] == whole[0][-2]["step"] - resumed_from  # it went on from its checkpoint
+    def strip(recs):  # as text: NaN angles (DFA's B-W) compare equal
+        return json.dumps([{k: v for k, v in r.items() if k != "wall_s"} for r in recs])
+    from soap_cuda.experiments.train import read_records
+    for k in range(len(cfgs)):
+        assert strip(resumed[k]) == strip(whole[k])
+        assert strip(read_records(paths[k])) == strip(read_records(tmp_path / f"w{k}.jsonl"))

@@ -77,3 +77,60 @@ def test_sweep_processes_by_default(argv, jobs):
     one per core otherwise."""
     from soap_cuda.cli import _sweep_jobs, build_parser
     assert _sweep_jobs(build_parser().parse_args(argv)) == jobs
+
+
+TINY_TRAIN = ["train", "--dataset", "digits", "--train-examples", "64", "--test-examples", "32",
+              "--hidden", "8", "--batch-size", "16", "--epochs", "1", "--probe-examples", "16",
+              "--no-progress"]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_missing_cuda_device_is_one_line(command, capsys, tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
+    argv = (TINY_TRAIN if command == "train" else ["sweep", "--no-progress"])
+    assert main(argv + ["--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("under", [False, True])
+def test_out_naming_a_file_is_one_line(command, under, capsys, tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    out = f / "sub" if under else f
+    argv = TINY_TRAIN if command == "train" else ["sweep", "--no-progress"]
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f} is a file, not a directory" in err and len(err.strip().splitlines()) == 1
+    assert "Errno" not in err
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(capsys, tmp_path):
+    assert main(TINY_TRAIN + ["--out", str(tmp_path / "r"), "--resume"]) == 0
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_ctrl_c_on_train_speaks_of_train(capsys, tmp_path, monkeypatch):
+    import soap_cuda.experiments.train as train_module
+
+    def interrupted(*args, on_step=None, **kw):  # Ctrl-C after the first step
+        def stop(examples):
+            raise KeyboardInterrupt
+        return real(*args, on_step=stop, **kw)
+    real = train_module.train
+    monkeypatch.setattr(train_module, "train", interrupted)
+    assert main(TINY_TRAIN + ["--out", str(tmp_path / "c")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("soap-cuda train: interrupted") and "sweep" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_help_texts():
+    from soap_cuda.cli import build_parser
+    parser = build_parser()
+    top = parser.format_help()
+    assert "one MLP" not in top and "LeNet-5" in top
+    sweep = parser._subparsers._group_actions[0].choices["sweep"].format_help()
+    assert "95%%" not in sweep and "95%" in sweep

@@ -1,6 +1,7 @@
 """A tiny sweep end to end (real digits, in-process): grid extension, gain-matched backprop,
 Adam arms, analysis, report with figures, and reuse of finished runs."""
 import json
+import re
 
 import pytest
 
@@ -77,9 +78,15 @@ def test_report_writes_markdown_and_pngs(swept):
     path = write_report(out, target_loss=1.5)  # one call: rendering is the slow part
     text = path.read_text()
     assert "Target training loss 1.5 (set by the user)" in text
-    for heading in ("## 1.", "## 2.", "## 2b.", "### dfa vs gain-matched backprop", "## 3.",
-                    "gain-matched", "Adam"):
+    for heading in ("## Summary", "## 1.", "## 2.", "### dfa vs gain-matched backprop",
+                    "## 3.", "gain-matched", "Adam"):
         assert heading in text
+    # every contrast's table once: no section repeats another's
+    contrasts = write_report.__globals__["analyze"](
+        json.loads((out / "sweep.json").read_text())["spec"] | {"target_loss": 1.5},
+        json.loads((out / "sweep.json").read_text())["arms"], [0, 1],
+        write_report.__globals__["RunStore"](out))["contrasts"]
+    assert text.count("| arm | lr | examples to target") == len(contrasts)
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert {"lr_sensitivity.png", "alignment.png", "gains.png",
             "curves_sgd_fixed_lr.png"} <= set(figs)
@@ -95,6 +102,13 @@ def test_rerun_reuses_finished_runs(swept):
     again = Sweep(spec(), out, jobs=1).run()
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert again["analysis"]["best_lr"] == result["analysis"]["best_lr"]
+    # the figures stay those of the sweep that trained the runs, not "0 runs in 0 s"
+    assert again["wall_s"] == result["wall_s"]
+    assert again["execution"]["runs_trained"] == result["execution"]["runs_trained"] > 0
+    assert again["execution"]["rerun_reused_all"]
+    text = write_report(out).read_text()
+    assert f"{result['execution']['runs_in_stacked_groups']} runs in" in text
+    assert "the latest rerun reused every one" in text
 
 
 @pytest.mark.parametrize("kw,msg", [(dict(rules=["fa", "sign"]), "include bp"),
@@ -165,3 +179,78 @@ def test_stacks_are_split_across_processes_and_capped_by_architecture():
     sizes = [len(u) for u in plan_units(tasks("resnet20", 3 * cap + 1), True, jobs=1)]
     assert max(sizes) <= cap and sum(sizes) == 3 * cap + 1
     assert [len(u) for u in plan_units(tasks("lenet", 3), False, jobs=1)] == [1, 1, 1]
+
+
+def _count(text: str) -> float:
+    return float(text[:-1]) * {"k": 1e3, "M": 1e6}[text[-1]] if text[-1] in "kM" else float(text)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_counts_training_examples_as_they_are_done(tmp_path, capsys, jobs):
+    """The bar moves with the steps of every unit (in this process, or reported by the
+    workers), not once a stack ends: examples done of those planned, with steps per second."""
+    small = spec(rules=["bp", "fa"], lrs=[0.1], fixed_lr=0.1, gain_match=[], adam_rules=[],
+                 max_extend=0,
+                 base={**BASE, "epochs": 30, "eval_every": 1600})  # ~1 s of training
+    Sweep(small, tmp_path, jobs=jobs, progress=True).run()
+    err = capsys.readouterr().err
+    states = [(_count(a), _count(b)) for a, b in re.findall(r"\| *([\d.]+[kM]?)/([\d.]+[kM]?) \[",
+                                                             err)]
+    planned = 2 * 2 * 30 * 320  # arms x seeds x epochs x training examples
+    assert states and all(total == pytest.approx(planned, rel=1e-2) for _, total in states)
+    assert states[-1][0] == pytest.approx(planned, rel=1e-2)
+    assert any(0 < done < planned * 0.9 for done, _ in states), states  # within the stacks
+    assert "steps/s" in err and "ex/s" in err
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory, single_torch_thread):
+    """An 11-layer MLP (fc1 ... fc11: as text fc10 sorts before fc2), no Adam arms."""
+    out = tmp_path_factory.mktemp("deep")
+    small = spec(rules=["bp", "fa", "sign"], lrs=[0.03, 0.3], fixed_lr=0.03, gain_match=["sign"],
+                 adam_rules=[], max_extend=0, base={**BASE, "hidden": [8] * 10})
+    return out, Sweep(small, out, jobs=1).run(), write_report(out).read_text()
+
+
+def test_report_opens_with_its_conclusion(deep):
+    """The summary's verdicts are the analysis's, rule by rule, before the setup."""
+    _, result, text = deep
+    assert text.index("## Summary") < text.index("## Setup")
+    summary = text[text.index("## Summary"):text.index("## Setup")]
+    cs = {c["name"]: c for c in result["analysis"]["contrasts"]}
+    words = {"faster": "faster", "slower": "slower", "not resolved": "not distinguishable"}
+    for name in ("sgd_best_lr", "gain_matched_sign_best_lr"):
+        for m in cs[name]["members"]:
+            if m["arm"] != cs[name]["ref"]:
+                assert f"`{m['arm']}` {words[m['verdict']]} (" in summary
+    fixed = {m["arm"]: m["verdict"] for m in cs["sgd_fixed_lr"]["members"]}
+    at_best = {m["arm"]: m["verdict"] for m in cs["sgd_best_lr"]["members"]}
+    changed = [a for a in fixed if a != "bp" and fixed[a] != at_best[a]]
+    if changed:
+        assert "would have concluded otherwise for" in summary
+        assert all(f"`{a}`: {words[fixed[a]]}" in summary for a in changed)
+    else:
+        assert "reaches the same verdicts" in summary
+    assert "Reading: an advantage" not in text  # the template paragraph is gone
+
+
+def test_report_setup_and_alignment_table(deep):
+    _, _, text = deep
+    setup = text[text.index("## Setup"):text.index("## Best")]
+    assert "Adam grid" not in setup and "no Adam arms" in setup
+    rows = [ln.split(" | ")[2] for ln in text.splitlines() if ln.startswith("| fa | ")
+            and " | fc" in ln and "°" in ln]
+    assert rows == [f"fc{i}" for i in range(1, 12)]  # by depth, not as text
+
+
+def test_dfa_runs_stack_with_each_other_across_optimizers(tmp_path):
+    """A DFA arm and its Adam arm train in one phase and one stack (as do the other rules'
+    SGD and Adam runs), not as four groups and not as single runs after the rest."""
+    small = spec(rules=["bp", "fa", "dfa"], lrs=[0.1], fixed_lr=0.1, gain_match=[],
+                 adam_rules=["bp", "dfa"], adam_lrs=[1e-3], max_extend=0)
+    ex = Sweep(small, tmp_path, jobs=1).run()["execution"]
+    assert (ex["stacked_groups"], ex["single_runs"], ex["runs_in_stacked_groups"]) == (2, 0, 10)
+    dfa_stacks = {json.loads(run_path(tmp_path, label, lr, s).read_text().splitlines()[0])
+                  ["batched"]["models"] for label, lr in (("dfa", 0.1), ("dfa+adam", 1e-3))
+                  for s in (0, 1)}
+    assert dfa_stacks == {4}

@@ -150,7 +150,7 @@ def test_evaluations_use_fixed_subsets_and_the_final_one_the_whole_test_set(digi
 def test_alignment_is_measured_every_kth_evaluation(digits):
     ev = evals(train(cfg(align_every=3), data=digits))
     with_layers = [i for i, r in enumerate(ev) if r["layers"]]
-    assert with_layers == [0, 3, 6, len(ev) - 1]
+    assert with_layers == [0, 1, 2, 3, 6, len(ev) - 1]  # the first 3 (the fast start), every 3rd
 
 
 def test_checkpoints_by_time_unless_told_every_k_evaluations(digits, tmp_path, monkeypatch):
@@ -193,3 +193,13 @@ def test_soap_measures_its_losses_in_one_float64_pass(digits, monkeypatch):
         "train_loss"]
     assert seen and any(kind == "newton" for kind, _ in seen)
     assert all(actual is None for _, actual in seen)  # no loss pass after the step
+
+
+def test_a_run_records_the_device_it_used_apart_from_the_build(digits):
+    """A CPU run of a build with CUDA kernels says cpu, not "cuda"; the build is named apart
+    (and so in a stacked run's record)."""
+    from soap_cuda.experiments.batched import train_batched
+    for first in (train(cfg(epochs=0.25), data=digits)[0],
+                  train_batched([cfg(epochs=0.25)], [None], digits)[0][0]):
+        assert first["device"] == "cpu" and "backend" not in first
+        assert first["build"].startswith(("native", "pure-PyTorch"))

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import soap_cuda
 from soap_cuda import feedback as fb
 
 from .config import TrainConfig
@@ -38,7 +37,9 @@ from .batched_conv import StackedConvNet
 from .batched_dfa import dfa_output
 from .batched_soap import StackedSOAP
 from .stacked_rules import StackedRules, sync_proxies
-from .train import _epoch_order, _Writer, diverged_by_loss, eval_subsets, final_record
+from . import train as _train
+from .train import (_epoch_order, _save_checkpoint, _Writer, aligns_at, diverged_by_loss,
+                    eval_subsets, final_record, run_environment)
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa", "soap")
@@ -46,7 +47,7 @@ BATCHED_OPTIMIZERS = ("sgd", "adam")
 CONV_MODELS = ("lenet", "resnet20")  # stacked by batched_conv.StackedConvNet
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
-                    "weight_decay")
+                    "weight_decay")  # SGD and Adam models share a stack
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
 FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them
 
@@ -63,7 +64,7 @@ def group_key(cfg: TrainConfig) -> tuple:
     """Runs with equal keys can share one stacked model."""
     d = cfg.to_dict()
     return tuple((k, repr(v)) for k, v in sorted(d.items()) if k not in PER_MODEL_FIELDS) + \
-        (("optimizer", cfg.optimizer), ("dfa", cfg.rule == "dfa"), ("soap", cfg.rule == "soap"))
+        (("dfa", cfg.rule == "dfa"), ("soap", cfg.rule == "soap"))
 
 
 @dataclass
@@ -175,12 +176,12 @@ def _per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class _Optimizer:
-    """torch.optim.SGD (momentum, weight decay) or Adam, one learning rate per model and layer:
-    the same arithmetic as the single-tensor implementations, on stacked tensors."""
+    """torch.optim.SGD (momentum, weight decay) or Adam, per model (a stack may mix them), one
+    learning rate per model and layer: the same arithmetic as the single-tensor
+    implementations, on stacked tensors."""
 
-    def __init__(self, kind: str, params: list[torch.Tensor], lrs: torch.Tensor,
+    def __init__(self, kinds: list[str], params: list[torch.Tensor], lrs: torch.Tensor,
                  momentum: list[float], weight_decay: list[float]):
-        self.kind = kind
         self.params = params
         self.lrs = lrs  # (len(params), M): param i of model m
         device = params[0].device
@@ -188,13 +189,41 @@ class _Optimizer:
         self.weight_decay = torch.tensor(weight_decay, device=device)
         # decided on the host once: a device-side test per step would stall a GPU every step
         self.any_decay = any(w != 0 for w in weight_decay)
-        self.any_momentum = any(m != 0 for m in momentum)
+        sgd = [k == "sgd" for k in kinds]
+        self.any_sgd, self.any_adam = any(sgd), not all(sgd)
+        self.adam_models = torch.tensor([not s for s in sgd], device=device).view(-1, 1)
+        self.any_momentum = any(m != 0 for m, s in zip(momentum, sgd) if s)
         self.all_momentum = all(m != 0 for m in momentum)
-        self.state = [None] * len(params)
+        self.state = [{} for _ in params]  # per parameter: "momentum", "exp_avg", "exp_avg_sq"
         self.steps = 0
 
     def _per_model(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return values.to(like.dtype).view(-1, 1)
+
+    def _sgd_direction(self, i: int, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if not self.any_momentum:
+            return grad
+        mom, state = self._per_model(self.momentum, p), self.state[i]
+        if "momentum" not in state:
+            state["momentum"] = grad.clone()
+        else:
+            state["momentum"].mul_(mom).add_(grad)
+        return state["momentum"] if self.all_momentum else \
+            torch.where(mom != 0, state["momentum"], grad)
+
+    def _adam_direction(self, i: int, grad: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Adam's exp_avg / denom, and the learning rate's factor 1 / bias_correction1."""
+        beta1, beta2 = ADAM_BETAS
+        state = self.state[i]
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction1 = 1 - beta1 ** self.steps
+        bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+        return exp_avg / denom, 1 / bias_correction1
 
     @torch.no_grad()
     def step(self, lr_factor: float) -> None:
@@ -207,27 +236,16 @@ class _Optimizer:
             if self.any_decay:
                 grad = grad + self._per_model(self.weight_decay, p) * p
             neg_lr = -self._per_model(self.lrs[i] * lr_factor, p)
-            if self.kind == "sgd":
-                if self.any_momentum:
-                    mom = self._per_model(self.momentum, p)
-                    if self.state[i] is None:
-                        self.state[i] = grad.clone()
-                    else:
-                        self.state[i].mul_(mom).add_(grad)
-                    grad = torch.where(mom != 0, self.state[i], grad) \
-                        if not self.all_momentum else self.state[i]
-                p.addcmul_(grad, neg_lr)  # p - lr * grad in one pass
-            else:
-                beta1, beta2 = ADAM_BETAS
-                if self.state[i] is None:
-                    self.state[i] = (torch.zeros_like(p), torch.zeros_like(p))
-                exp_avg, exp_avg_sq = self.state[i]
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bias_correction1 = 1 - beta1 ** self.steps
-                bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
-                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-                p.addcmul_(exp_avg / denom, neg_lr / bias_correction1)
+            if not self.any_adam:
+                p.addcmul_(self._sgd_direction(i, p, grad), neg_lr)  # p - lr * grad in one pass
+                continue
+            adam, scale = self._adam_direction(i, grad)
+            if not self.any_sgd:
+                p.addcmul_(adam, neg_lr * scale)
+                continue
+            # a mixed stack: each model's slice takes its own optimizer's update
+            p.addcmul_(torch.where(self.adam_models, adam, self._sgd_direction(i, p, grad)),
+                       torch.where(self.adam_models, neg_lr * scale, neg_lr))
 
 
 def _lr_table(cfgs: list[TrainConfig], specs: list[tuple], device) -> torch.Tensor:
@@ -318,10 +336,46 @@ def _alignment(net, probe) -> list[dict]:
     return result
 
 
+STACK_CHECKPOINT_VERSION = 1
+
+
+def _net_state(net) -> dict:
+    """Every tensor a stacked net trains or keeps (weights, biases, B, batch-norm statistics)."""
+    if hasattr(net, "module"):
+        return net.module.state_dict()
+    return {f"{i}.{k}": getattr(layer, k) for i, layer in enumerate(net.layers)
+            for k in ("weight", "bias", "b_matrix")}
+
+
+def _load_net_state(net, state: dict) -> None:
+    with torch.no_grad():  # in place: the optimizer and the sync proxies hold these tensors
+        for key, tensor in _net_state(net).items():
+            tensor.copy_(state[key])
+
+
+def _optimizer_state(opt) -> dict:
+    if isinstance(opt, StackedSOAP):
+        return {}  # SOAP keeps nothing from step to step
+    return {"state": opt.state, "steps": opt.steps}
+
+
+def _load_optimizer_state(opt, state: dict) -> None:
+    if state:
+        opt.state, opt.steps = state["state"], state["steps"]
+
+
 def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
-                  on_step=None) -> list[list[dict]]:
+                  on_step=None, checkpoint_path=None,
+                  checkpoint_every_evals: int | None = None) -> list[list[dict]]:
     """Train the runs `cfgs` (one group_key) as one stacked model; write each run's records to
-    its path as `train()` would, and return them. `on_step(steps_done)` after each step."""
+    its path as `train()` would, and return them. `on_step(examples)` after each step, with
+    the examples of every model in the stack.
+
+    With `checkpoint_path`, the whole stack (every model's tensors, optimizer state and feedback
+    sync counters, the position, the records, the RNG) is saved there atomically as `train()`
+    saves a run: at the first evaluation CHECKPOINT_INTERVAL_S or more after the last one (or
+    every `checkpoint_every_evals` evaluations); when the file exists, training resumes from it
+    exactly, and rewrites the runs' files from its records."""
     keys = {group_key(c) for c in cfgs}
     if len(keys) != 1 or not all(batchable(c) for c in cfgs):
         raise ValueError("train_batched needs batchable runs that share one group_key")
@@ -339,21 +393,57 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     if cfg0.rule == "soap":  # group_key keeps SOAP models among themselves
         opt = StackedSOAP(net, [c.lr for c in cfgs])
     else:
-        opt = _Optimizer(cfg0.optimizer, net.parameters(),
+        opt = _Optimizer([c.optimizer for c in cfgs], net.parameters(),
                          _lr_table(cfgs, net.param_specs(), device),
                          [c.momentum for c in cfgs], [c.weight_decay for c in cfgs])
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
-                 "backend": soap_cuda.backend(), "torch": torch.__version__,
-                 "batched": {"models": m_count}}] for c in cfgs]
-    writers = [_Writer(Path(p) if p is not None else None, r)
-               for p, r in zip(out_paths, records)]
+                 **run_environment(device), "batched": {"models": m_count}}] for c in cfgs]
     alive = [True] * m_count
-    live = torch.ones(m_count, dtype=torch.bool, device=device)  # alive, on the device
     diverged = [False] * m_count
     loss_sum, loss_n = [0.0] * m_count, [0] * m_count
-    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0}
-    examples_seen = 0  # the sync schedule's counter, the same for every model
-    t0 = time.perf_counter()
+    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0, "next_eval": 0,
+           "examples_seen": 0}  # examples_seen: the sync schedule's counter, for every model
+    elapsed0 = 0.0
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    tasks = [(c.to_dict(), str(p)) for c, p in zip(cfgs, out_paths)]
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("version") != STACK_CHECKPOINT_VERSION or state["tasks"] != tasks:
+            raise RuntimeError(f"{ckpt}: a stacked checkpoint of other runs or settings")
+        _load_net_state(net, state["net"])
+        _load_optimizer_state(opt, state["optimizer"])
+        for layer, counts in zip(net.layers, state["sync_counts"]):
+            for proxy, count in zip(layer.proxies, counts):
+                proxy.sync_count = count
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        records, pos, alive, diverged = (state[k] for k in ("records", "position", "alive",
+                                                            "diverged"))
+        loss_sum, loss_n = state["loss_sum"], state["loss_n"]
+        elapsed0 = state["elapsed_s"]
+    writers = [_Writer(Path(p) if p is not None else None, r)
+               for p, r in zip(out_paths, records)]
+    live = torch.tensor(alive, dtype=torch.bool, device=device)  # alive, on the device
+    t0 = time.perf_counter() - elapsed0
+    last_checkpoint = time.perf_counter()
+
+    def checkpoint_due() -> bool:
+        if ckpt is None:
+            return False
+        if checkpoint_every_evals is not None:
+            return pos["evals"] % checkpoint_every_evals == 0
+        return time.perf_counter() - last_checkpoint >= _train.CHECKPOINT_INTERVAL_S
+
+    def checkpoint() -> None:
+        _save_checkpoint(ckpt, {
+            "version": STACK_CHECKPOINT_VERSION, "tasks": tasks, "net": _net_state(net),
+            "optimizer": _optimizer_state(opt),
+            "sync_counts": [[p.sync_count for p in layer.proxies] for layer in net.layers],
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "records": records, "position": dict(pos), "alive": alive, "diverged": diverged,
+            "loss_sum": loss_sum, "loss_n": loss_n, "elapsed_s": time.perf_counter() - t0})
 
     def log_eval(models: list[int], final: bool = False, at: tuple | None = None) -> None:
         """An eval record for each of `models`, at `at` = (examples, step) or now."""
@@ -366,7 +456,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             test_loss, test_acc = _loss_acc(net, on.x_test, on.y_test)
             if on.has_validation:
                 val_loss, val_acc = _loss_acc(net, on.x_val, on.y_val)
-            align = final or pos["evals"] % cfg0.align_every == 0
+            align = final or aligns_at(pos["evals"], cfg0.align_every)
             finite = [math.isfinite(train_loss[k]) and math.isfinite(test_loss[k])
                       for k in range(m_count)]
             layers = _alignment(net, probe) if align else None
@@ -434,8 +524,9 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                 loss_n[k] += take
         pending.clear()
 
-    log_eval(list(range(m_count)))
-    pos["evals"], next_eval = 1, eval_every
+    if pos["evals"] == 0:
+        log_eval(list(range(m_count)))
+        pos["evals"], pos["next_eval"] = 1, eval_every
     x_all, y_all = data.x_train, data.y_train
     sync_models = [k for k, c in enumerate(cfgs) if c.rule in fb.SYNC_RULES]
     while pos["examples"] < budget and any(alive):
@@ -447,11 +538,11 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             factor = 0.1 ** sum(pos["examples"] >= f * budget for f in cfg0.lr_drops)
             # the sign rules' schedule, as FALinear.forward advances it before computing
             if sync_models and (cfg0.sync_every is not None or cfg0.sync_at_start):
-                before = examples_seen
-                examples_seen += take
+                before = pos["examples_seen"]
+                pos["examples_seen"] += take
                 first = cfg0.sync_at_start and before == 0
                 crossed = cfg0.sync_every is not None and \
-                    examples_seen // cfg0.sync_every > before // cfg0.sync_every
+                    pos["examples_seen"] // cfg0.sync_every > before // cfg0.sync_every
                 if first or crossed:
                     net.sync([k for k in sync_models if alive[k]])
             for p in opt.params:
@@ -473,17 +564,20 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             if len(pending) >= FLUSH_STEPS:
                 flush()
             if on_step is not None:
-                on_step(pos["step"])
-            if pos["examples"] >= next_eval and pos["examples"] < budget:
+                on_step(take * m_count)
+            if pos["examples"] >= pos["next_eval"] and pos["examples"] < budget:
                 flush()
                 live_models = [k for k in range(m_count) if alive[k]]
                 log_eval(live_models)
                 pos["evals"] += 1
-                next_eval += eval_every
+                pos["next_eval"] += eval_every
                 for k in live_models:
                     if records[k][-1].get("diverged"):
                         diverged[k] = True
                         finish([k])
+                if checkpoint_due():
+                    checkpoint()
+                    last_checkpoint = time.perf_counter()
         if pos["batch"] * cfg0.batch_size >= n:
             pos["epoch"] += 1
             pos["batch"] = 0

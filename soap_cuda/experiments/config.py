@@ -38,8 +38,8 @@ class TrainConfig:
     # run (paired comparisons); 0 = the whole split. The final evaluation uses the whole test set.
     eval_examples: int = 1000
     # evaluations between alignment measurements (B-W angles, error signals on the probe batch:
-    # two extra forward/backward passes, the dearest part of an evaluation); the first and last
-    # evaluations always measure
+    # two extra forward/backward passes, the dearest part of an evaluation); each of the first
+    # align_every evaluations (the angles move fastest early) and the last always measure
     align_every: int = 4
     probe_examples: int = 512  # training examples used to measure error-signal alignment
     layer_lr_scale: dict[str, float] | None = None  # gain-matched backprop: lr multiplier per layer

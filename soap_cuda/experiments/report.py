@@ -42,12 +42,23 @@ def _execution(sweep: dict) -> str:
     ex = sweep.get("execution") or {}
     if not ex:
         return ""
-    where = f"{ex['processes']} processes" + (
+    where = _n(ex["processes"], "process", "processes") + (
         f" on each of {ex['ranks']} torchrun ranks" if ex.get("ranks", 1) > 1 else "")
     if ex["mode"] == "sequential":
-        return f", sequential: each run on its own, {where}"
-    return (f", batched: {ex['runs_in_stacked_groups']} runs in {ex['stacked_groups']} stacked "
-            f"groups, {ex['single_runs']} on their own, {where}")
+        text = f", sequential: each run on its own, {where}"
+    else:
+        text = (f", batched: {_n(ex['runs_in_stacked_groups'], 'run')} in "
+                f"{_n(ex['stacked_groups'], 'stacked group')}, {ex['single_runs']} on their "
+                f"own, {where}")
+    if ex.get("rerun_reused_all"):
+        text += " (the sweep that trained the runs; the latest rerun reused every one)"
+    elif ex.get("runs_reused"):
+        text += f"; {_n(ex['runs_reused'], 'run')} reused from an earlier sweep"
+    return text
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count:,} {one if count == 1 else (many or one + 's')}"
 
 
 def _sentence(c: dict, arm: str) -> str:
@@ -78,6 +89,58 @@ _TEST_ERROR_NOTE = {
 def _test_error(m: dict) -> str:
     d = m.get("test_error")
     return "n/a" if d is None else _interval(d, 3, scale=100.0)
+
+
+_VERDICT_WORDS = {"faster": "faster", "slower": "slower",
+                  "not resolved": "not distinguishable"}
+
+
+def _finding(c: dict, arm: str) -> str:
+    """`arm` against the contrast's reference in a few words: verdict, ratio, interval."""
+    m = _member(c, arm)
+    return (f"`{arm}` {_VERDICT_WORDS[m['verdict']]} ({_interval(m['ratio_vs_ref'])} x the "
+            f"examples)")
+
+
+def _others(c: dict) -> list[str]:
+    return [m["arm"] for m in c["members"] if m["arm"] != c["ref"]]
+
+
+def summary(contrasts: dict, spec: dict) -> list[str]:
+    """The report's conclusion, from its contrasts: which rules reach the target faster or
+    slower than backprop at their best learning rates and under each control (a verdict only
+    where the interval excludes 1), and what the fixed-lr comparison alone would have said."""
+    lines = ["## Summary", "",
+             "Examples needed to reach the target loss, as a multiple of the reference's (95% "
+             "bootstrap interval over seeds; faster or slower only where the interval excludes "
+             "1):", ""]
+    best = contrasts["sgd_best_lr"]
+    lines.append(f"- **Each rule at its best learning rate** against `bp` at its own (lr "
+                 f"{_member(best, 'bp')['lr']:g}): " +
+                 "; ".join(_finding(best, a) for a in _others(best)) + ".")
+    for rule in spec.get("gain_match", []):
+        c = contrasts.get(f"gain_matched_{rule}_best_lr")
+        if c is not None:
+            lines.append(f"- **Against backprop given `{rule}`'s per-layer gains** (each at its "
+                         f"best lr): {_finding(c, rule)}; {_finding(c, 'bp')}.")
+    if "adam_best_lr" in contrasts:
+        c = contrasts["adam_best_lr"]
+        lines.append("- **Under Adam** (each at its best lr) against `bp+adam`: " +
+                     "; ".join(_finding(c, a) for a in _others(c)) + ".")
+    fixed = contrasts["sgd_fixed_lr"]
+    changed = [a for a in _others(fixed)
+               if _member(best, a) and _member(fixed, a)["verdict"] != _member(best, a)["verdict"]]
+    if changed:
+        lines.append(f"- **The fixed-lr comparison alone** (every rule at lr "
+                     f"{spec['fixed_lr']:g}) would have concluded otherwise for " +
+                     "; ".join(f"`{a}`: {_VERDICT_WORDS[_member(fixed, a)['verdict']]} "
+                               f"({_interval(_member(fixed, a)['ratio_vs_ref'])} x), but "
+                               f"{_VERDICT_WORDS[_member(best, a)['verdict']]} at the best "
+                               f"learning rates" for a in changed) + ".")
+    else:
+        lines.append(f"- **The fixed-lr comparison** (every rule at lr {spec['fixed_lr']:g}) "
+                     f"reaches the same verdicts as the best learning rates.")
+    return lines + [""]
 
 
 def _contrast_table(c: dict) -> list[str]:
@@ -135,7 +198,8 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
     figs["align"] = plots.alignment(store, align_members, seeds, figdir / "alignment.png")
     gain_cs = [contrasts[n] for n in ("sgd_fixed_lr", "sgd_best_lr", "adam_best_lr")
                if n in contrasts]
-    figs["gain"] = plots.gains(gain_cs, figdir / "gains.png")
+    order = plots.layer_order(store, "bp", best["bp"]["lr"], seeds[0])
+    figs["gain"] = plots.gains(gain_cs, figdir / "gains.png", order=order)
     rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
 
     first = store.records("bp", best["bp"]["lr"], seeds[0])[0]
@@ -143,12 +207,17 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
     cfg = first["config"]
     first_sync = ("and before the first batch" if cfg.get("sync_at_start") else
                   f"the first sync after {cfg['sync_every']} examples: until then they are FA")
+    adam_arms = [a for a in arms if a["optimizer"] == "adam"]
+    grids = f"SGD grid {sorted(spec['lrs'])}, fixed lr {spec['fixed_lr']:g}" + (
+        f"; Adam grid {sorted(spec['adam_lrs'])}" if adam_arms else "; no Adam arms")
     L = ["# Feedback alignment sweep report", ""]
+    L += summary(contrasts, spec)
     L += ["## Setup", "",
           f"- Data: {data['description']} ({data['in_features']} inputs).",
           f"- Model: {_model_text(cfg, data)}, FA layers for every rule "
           f"(backprop = `bp`, B kept equal to W, through the same code).",
-          f"- Training: batch {cfg['batch_size']}, {cfg['epochs']:g} epochs "
+          f"- Training: batch {cfg['batch_size']}, {cfg['epochs']:g} "
+          f"{'epoch' if cfg['epochs'] == 1 else 'epochs'} "
           f"({int(round(cfg['epochs'] * data['train_examples'])):,} examples), sign rules "
           f"sync B every {cfg['sync_every']} examples "
           f"({first_sync}), "
@@ -158,9 +227,8 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
              "the run" if cfg.get("lr_drops") else "") + ".",
           f"- Seeds: {len(seeds)} per (rule, learning rate); each seed fixes initial weights, "
           f"feedback matrices and data order, and is shared across rules (paired comparisons).",
-          f"- SGD grid {sorted(spec['lrs'])}, fixed lr {spec['fixed_lr']:g}; Adam grid "
-          f"{sorted(spec['adam_lrs'])}; grids extended by log steps while the best lr sat at "
-          f"an edge (at most {spec['max_extend']} times).",
+          f"- {grids}; grids extended by log steps while the best lr sat at an edge (at most "
+          f"{spec['max_extend']} times).",
           f"- Sweep wall time: {_f(sweep.get('wall_s'), 3)} s{_execution(sweep)}."
           if sweep.get("wall_s") else "",
           "", "## Best learning rate per arm", "",
@@ -178,68 +246,51 @@ def write_report(results_dir: str | Path, target_loss: float | None = None,
                  f"| {b['lr']:g} | {_f(b['score'], 4)} | {notes} |")
     L += ["", f"![learning-rate sensitivity]({rel(figs['lr'])})", ""]
 
-    # ---- question 1
-    L += ["## 1. Examples to reach a target loss: FA vs backprop", ""]
+    # ---- 1: every rule against backprop, at one lr and at each one's best (each table once)
+    L += ["## 1. Examples to reach a target loss: every rule vs backprop", ""]
     for name in ("sgd_fixed_lr", "sgd_best_lr"):
         c = contrasts[name]
-        L += [f"### {c['title']}", "", "- " + _sentence(c, "fa"), ""]
+        L += [f"### {c['title']}", ""] + [f"- {_sentence(c, a)}" for a in _others(c)] + [""]
         L += _contrast_table(c) + ["", f"![{name}]({rel(figs[name])})", ""]
 
-    # ---- question 2
-    L += ["## 2. Does `sign` beat backprop, and does it survive the controls?", ""]
-    checks = [("sgd_fixed_lr", "At one fixed learning rate (the seed's setting)"),
-              ("sgd_best_lr", "Each rule at its own best learning rate"),
-              ("gain_matched_sign_fixed_lr", "Against gain-matched backprop, fixed lr"),
-              ("gain_matched_sign_best_lr", "Against gain-matched backprop, each at its best lr"),
-              ("adam_best_lr", "Under Adam, each rule at its best learning rate")]
-    for name, heading in checks:
-        if name not in contrasts:
-            L += [f"- {heading}: not run in this sweep.", ""]
-            continue
+    # ---- 2: the controls: is an advantage a better direction or only a bigger step?
+    controls = [name for name in contrasts if name.startswith("gain_matched_")]
+    controls += ["adam_best_lr"] if "adam_best_lr" in contrasts else []
+    L += ["## 2. The controls: gain-matched backprop and Adam", ""]
+    if not controls:
+        L += ["No control in this sweep (`--gain-match` and `--adam-rules` were empty).", ""]
+    else:
+        L += ["Backprop given a rule's measured per-layer error-signal gains takes the rule's "
+              "step sizes with backprop's direction; Adam's per-parameter normalisation "
+              "removes most step-size differences. A rule that wins only through its step "
+              "size loses that advantage in both.", ""]
+    for name in controls:
         c = contrasts[name]
-        arms_here = [m["arm"] for m in c["members"] if m["arm"] != c["ref"]]
-        sentences = [_sentence(c, a) for a in arms_here
-                     if a.split("+")[0] in ("sign", "rescaled_sign", "bp")]
-        L += [f"### {heading}", ""] + [f"- {s}" for s in sentences] + [""]
+        L += [f"### {c['title']}", ""] + [f"- {_sentence(c, a)}" for a in _others(c)] + [""]
         if name.startswith("gain_matched"):
             gm = c["ref"]
             g = sweep["gains"].get(gm, {})
             lrg = repr(float(_member(c, gm)["lr"]))
             if lrg in g:
-                L += ["Per-layer learning-rate multipliers given to gain-matched backprop "
-                      "(sign's measured error-signal norm ratio at that lr): " +
-                      ", ".join(f"{k} x{v:.3g}" for k, v in sorted(g[lrg].items())) + ".", ""]
-        L += _contrast_table(c) + ["", f"![{name}]({rel(figs[name])})", ""]
-    L += ["Reading: an advantage of `sign` over `bp` that disappears at each rule's best "
-          "learning rate, against gain-matched backprop, or under Adam is explained by the "
-          "larger effective per-layer learning rate, not by a better error direction. "
-          "`rescaled_sign` keeps B's original magnitudes and so isolates the direction.", ""]
-
-    # ---- the same control for every other gain-matched rule (--gain-match dfa, ...)
-    others = [name for name in contrasts if name.startswith("gain_matched_")
-              and not name.startswith("gain_matched_sign_")]
-    if others:
-        L += ["## 2b. Other rules against backprop with their per-layer gains", "",
-              "Each rule's measured error-signal norm ratios, given to backprop as per-layer "
-              "learning-rate multipliers: whatever difference is left is the error "
-              "direction's.", ""]
-    for name in others:
-        c = contrasts[name]
-        rule = [m["arm"] for m in c["members"] if m["arm"] not in (c["ref"], "bp")][0]
-        L += [f"### {c['title']}", "", "- " + _sentence(c, rule), ""]
+                rule = name[len("gain_matched_"):].rsplit("_", 2)[0]
+                L += [f"Per-layer learning-rate multipliers given to `{gm}` ({rule}'s measured "
+                      f"error-signal norm ratio at that lr): " +
+                      ", ".join(f"{k} x{g[lrg][k]:.3g}" for k in
+                                [n for n in order if n in g[lrg]] +
+                                sorted(set(g[lrg]) - set(order))) + ".", ""]
         L += _contrast_table(c) + ["", f"![{name}]({rel(figs[name])})", ""]
 
-    # ---- question 3
+    # ---- 3
     L += ["## 3. Error-signal alignment and gain", ""]
     L += ["Angle between the error signal each layer receives (dL/d output) and the one "
-          "backprop would deliver, measured on a fixed probe batch at every evaluation; the "
-          "last layer always receives the exact error. Dashed: angle between B and W.", "",
+          "backprop would deliver, measured on a fixed probe batch; the last layer always "
+          "receives the exact error. Dashed: angle between a layer's B and its W (none for the "
+          "first layer, whose B would only carry the error to the input).", "",
           f"![alignment]({rel(figs['align'])})", "",
           "| arm | lr | layer | error angle (mean over training) | first | last | "
           "error norm ratio (geo. mean) |", "|---|---|---|---|---|---|---|"]
     for label, lr in align_members:
-        evs = store.evals(label, lr, seeds[0])
-        for layer in sorted((evs[-1].get("layers") or {})):
+        for layer in plots.layer_order(store, label, lr, seeds[0]):
             per_seed = [[r["layers"][layer].get("err_angle_deg") for r in store.evals(label, lr, s)
                          if layer in (r.get("layers") or {})] for s in seeds]
             first_a = sum(v[0] for v in per_seed) / len(per_seed)

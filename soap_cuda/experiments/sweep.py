@@ -11,12 +11,16 @@ Runs already on disk with the same settings are reused, so an interrupted sweep 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import queue as queues
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -91,37 +95,109 @@ class Arm:
 # ---- running ---------------------------------------------------------------------------------
 
 _WORKER_DATA: dict = {}
+_WORKER_PROGRESS = None  # in a worker process: where its units report their steps
 
 
-def _worker_init(threads: int) -> None:
+class _Progress:
+    """A unit's training progress, sent to the main process at most every INTERVAL_S seconds
+    (examples done, summed over a stack's models, and optimizer steps)."""
+
+    INTERVAL_S = 0.25
+
+    def __init__(self, queue):
+        self.queue, self.unit = queue, None
+        self.examples = self.steps = 0
+        self.sent = time.perf_counter()
+
+    def __call__(self, examples: int) -> None:
+        self.examples += examples
+        self.steps += 1
+        if time.perf_counter() - self.sent >= self.INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.examples or self.steps:
+            self.queue.put((self.unit, self.examples, self.steps))
+            self.examples = self.steps = 0
+        self.sent = time.perf_counter()
+
+
+def _worker_init(threads: int, queue) -> None:
+    global _WORKER_PROGRESS
+    # Ctrl-C reaches the whole process group: the main process alone decides, and ends workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    _WORKER_PROGRESS = _Progress(queue)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """While the pool spawns workers (submit does): an ignored SIGINT is the one disposition a
+    new process inherits, so a Ctrl-C that lands while a worker still imports torch, before
+    _worker_init runs, leaves it alone (the main process ends it) instead of printing a
+    traceback. Ignored in the main process for these milliseconds too."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _load(cfg: TrainConfig, device: str):
+    from .data import load_dataset
+
+    return load_dataset(cfg.dataset, cfg.data_dir, cfg.download, device, cfg.train_examples,
+                        cfg.test_examples, cfg.pad_to, cfg.val_fraction)
 
 
 def _data_for(cfg: TrainConfig):
-    from .data import load_dataset
-
     key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device,
            cfg.pad_to, cfg.val_fraction)
     if key not in _WORKER_DATA:  # each process prepares a data set once per sweep
-        _WORKER_DATA[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.device,
-                                         cfg.train_examples, cfg.test_examples, cfg.pad_to,
-                                         cfg.val_fraction)
+        _WORKER_DATA[key] = _load(cfg, cfg.device)
     return _WORKER_DATA[key]
 
 
-def _run_task(tasks: list[tuple[dict, str]]) -> tuple[int, int]:
-    """One run alone (a list of one task), or several batchable runs as one stacked model.
-    Returns (runs done, optimizer steps taken)."""
+def group_checkpoint(out: Path, tasks: list[tuple[dict, str]]) -> Path:
+    """Where a unit keeps its checkpoint, beside its runs' files: named by their paths and
+    settings, so a sweep with other settings never resumes it."""
+    key = json.dumps(sorted((p, cfg) for cfg, p in tasks), sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return Path(out) / "runs" / ".stacked" / f"{digest}.pt"
+
+
+def _run_task(tasks: list[tuple[dict, str]], unit: int | None = None, checkpoint=None,
+              on_step=None) -> tuple[int, int]:
+    """One run alone (a list of one task), or several batchable runs as one stacked model,
+    checkpointed at `checkpoint` (resumed from it when it exists, deleted at the end).
+    Returns (runs done, optimizer steps taken). `on_step(examples)` after every step (in a
+    worker: its queue to the main process)."""
     from .batched import train_batched
     from .train import train
 
+    if on_step is None and _WORKER_PROGRESS is not None:
+        on_step, _WORKER_PROGRESS.unit = _WORKER_PROGRESS, unit
     cfgs = [TrainConfig.from_dict(t[0]) for t in tasks]
-    if len(tasks) == 1:
-        with ranks.local_examples():
-            records = train(cfgs[0], out_path=tasks[0][1], data=_data_for(cfgs[0]))
-        return 1, records[-2].get("step", 0)  # the last evaluation, before "final"
-    results = train_batched(cfgs, [t[1] for t in tasks], _data_for(cfgs[0]))
-    return len(tasks), max(r[-2].get("step", 0) for r in results)
+    try:
+        if len(tasks) == 1:
+            with ranks.local_examples():
+                records = train(cfgs[0], out_path=tasks[0][1], data=_data_for(cfgs[0]),
+                                checkpoint_path=checkpoint, resume=True, on_step=on_step)
+            result = 1, records[-2].get("step", 0)  # the last evaluation, before "final"
+        else:
+            results = train_batched(cfgs, [t[1] for t in tasks], _data_for(cfgs[0]),
+                                    on_step=on_step, checkpoint_path=checkpoint)
+            result = len(tasks), max(r[-2].get("step", 0) for r in results)
+    finally:
+        if isinstance(on_step, _Progress):
+            on_step.flush()
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)  # the runs' files now hold everything
+    return result
 
 
 # At most this many models in one stack, by architecture: a ResNet-20 holds about 3 MB of
@@ -161,7 +237,10 @@ def plan_units(tasks: list[tuple[dict, str]], batched: bool, jobs: int,
 
 class Runner:
     """Runs training tasks, in `jobs` processes (1 = in this process); with `batched`, the runs
-    that can share a stacked model train as one (soap_cuda/experiments/batched.py)."""
+    that can share a stacked model train as one (soap_cuda/experiments/batched.py). Every unit
+    checkpoints (a single run as `train()` does, a stack as `train_batched` does) under
+    OUT/runs/.stacked/, so an interrupted sweep resumes it where it stood. The progress bar
+    counts training examples (summed over runs) of those planned, from every process."""
 
     def __init__(self, jobs: int, progress: bool, batched: bool = True, out: Path = Path(".")):
         self.jobs = max(1, jobs)
@@ -169,52 +248,172 @@ class Runner:
         self.batched = batched
         self.out = out
         self.pool = None
+        self.queue = None
         self.units: list[int] = []  # size of every unit run, for the report
         self.steps = 0
 
     def __enter__(self):
         if self.jobs > 1:
             threads = max(1, (os.cpu_count() or 1) // self.jobs)
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
-                                            initializer=_worker_init, initargs=(threads,))
+            ctx = get_context("spawn")
+            self.queue = ctx.Queue()
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init,
+                                            initargs=(threads, self.queue))
         return self
 
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+    def __exit__(self, exc_type, *exc):
+        if self.pool is None:
+            return
+        if exc_type is None:
+            self.pool.shutdown()
+        else:
+            self.stop_workers()
+
+    def stop_workers(self) -> None:
+        """End every worker now (an interrupt or an error): terminate, then kill what is left
+        after a moment; never wait for their work. A second Ctrl-C meanwhile is ignored."""
+        try:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: no handler to swap
+            previous = None
+        try:
+            # the executor has no public way to end its workers: its own process table
+            procs = list((getattr(self.pool, "_processes", None) or {}).values())
+            for p in procs:
+                p.terminate()
+            deadline = time.monotonic() + 3.0
+            for p in procs:
+                p.join(max(0.0, deadline - time.monotonic()))
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join(1.0)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.queue.cancel_join_thread()
+            self.queue.close()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _planned_examples(self, tasks: list[tuple[dict, str]]) -> list[int]:
+        """Each task's training examples: its epochs times its training set's size."""
+        sizes = {}
+        out = []
+        for cfg_dict, _ in tasks:
+            cfg = TrainConfig.from_dict(cfg_dict)
+            key = (cfg.dataset, cfg.data_dir, cfg.train_examples)
+            if key not in sizes:  # the runs' own copy when they train here on the CPU
+                data = _data_for(cfg) if cfg.device == "cpu" else _load(cfg, "cpu")
+                sizes[key] = len(data.y_train)
+            out.append(int(round(cfg.epochs * sizes[key])))
+        return out
 
     def run(self, tasks: list[tuple[dict, str]], desc: str) -> None:
         if not tasks:
             return
-        units = plan_units(tasks, self.batched, self.jobs)
+        units = self._resumable_units(tasks)
+        resumed = {p for u in units for _, p in u}
+        units += plan_units([t for t in tasks if t[1] not in resumed], self.batched, self.jobs)
+        self._save_plan(units)
         self.units += [len(u) for u in units]
-        mine = units[ranks.rank()::ranks.world()]  # every rank planned the same units
-        bar = None
+        # every rank planned the same units
+        mine = list(enumerate(units))[ranks.rank()::ranks.world()]
+        bar, plans = None, [0] * len(units)
         if self.progress and ranks.rank() == 0:
             try:
                 from tqdm import tqdm
-                bar = tqdm(total=len(tasks), unit="run", desc=desc, file=sys.stderr,
-                           dynamic_ncols=True)
             except ImportError:
-                pass
+                tqdm = None
+            if tqdm is not None:
+                everyone = [t for u in units for t in u]
+                planned = dict(zip((p for _, p in everyone), self._planned_examples(everyone)))
+                plans = [sum(planned[p] for _, p in u) for u in units]
+                bar = tqdm(total=sum(plans), unit="ex", unit_scale=True, file=sys.stderr,
+                           desc=f"{desc} ({len(tasks)} runs)", dynamic_ncols=True,
+                           smoothing=0.05)
         start = time.perf_counter()
+        done_examples = [0] * len(units)
+        runs_done = [0]
 
-        def done(result):
-            runs, steps = result
+        def advance(uid: int, examples: int, steps: int) -> None:
             self.steps += steps
-            if bar is not None:
-                bar.update(runs)
-                bar.set_postfix(steps_per_s=f"{self.steps / (time.perf_counter() - start):.0f}")
+            if bar is None:
+                return
+            examples = min(examples, plans[uid] - done_examples[uid])  # late reports: none
+            done_examples[uid] += examples
+            bar.set_postfix_str(f"{min(runs_done[0], len(tasks))}/{len(tasks)} runs, "
+                                f"{self.steps / (time.perf_counter() - start):.0f} steps/s",
+                                refresh=False)
+            bar.update(examples)
+
+        def finished(uid: int, result) -> None:
+            runs_done[0] += result[0]
+            if bar is not None:  # diverged runs stop early: their unit counts in full
+                advance(uid, plans[uid] - done_examples[uid], 0)
+
         if self.pool is None:
-            for unit in mine:
-                done(_run_task(unit))
+            for uid, unit in mine:
+                finished(uid, _run_task(unit, uid, self._checkpoint(unit),
+                                        on_step=lambda ex, uid=uid: advance(uid, ex, 1)))
         else:
-            futures = [self.pool.submit(_run_task, unit) for unit in mine]
-            for fut in as_completed(futures):
-                done(fut.result())  # re-raises a worker's error here
+            with _workers_ignore_sigint():
+                futures = {self.pool.submit(_run_task, unit, uid, self._checkpoint(unit)): uid
+                           for uid, unit in mine}
+            while futures:
+                done, _ = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                self._drain(advance)
+                for fut in done:
+                    finished(futures.pop(fut), fut.result())  # re-raises a worker's error
         if bar is not None:
             bar.close()
-        ranks.share_run_files([path for unit in mine for _, path in unit], self.out)
+        ranks.share_run_files([path for _, unit in mine for _, path in unit], self.out)
+
+    def _drain(self, advance) -> None:
+        while True:
+            try:
+                uid, examples, steps = self.queue.get_nowait()
+            except queues.Empty:
+                return
+            advance(uid, examples, steps)
+
+    def _checkpoint(self, unit: list[tuple[dict, str]]) -> Path:
+        return group_checkpoint(self.out, unit)
+
+    def _resumable_units(self, tasks: list[tuple[dict, str]]) -> list[list[tuple[dict, str]]]:
+        """The units an interrupted sweep planned for these tasks, as it planned them (so each
+        stack resumes from its checkpoint, or starts, with the models it had; a stack whose
+        diverged models finished early still resumes whole): every stored unit all of whose
+        runs are still to do here or were finished by it."""
+        if ranks.world() > 1:  # ranks plan alike only from what all of them see: the tasks
+            return []
+        folder = Path(self.out) / "runs" / ".stacked"
+        todo = {p: cfg for cfg, p in tasks}
+        units, taken = [], set()
+        for path in sorted(folder.glob("plan-*.json")):
+            try:
+                stored = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for unit in stored:
+                members = [(cfg, p) for cfg, p in unit]
+                if not any(p in todo for _, p in members) or any(p in taken for _, p in members):
+                    continue
+                if all(todo.get(p) == cfg or is_complete(Path(p), cfg) for cfg, p in members):
+                    units.append(members)
+                    taken.update(p for _, p in members)
+        return units
+
+    def _save_plan(self, units: list[list[tuple[dict, str]]]) -> None:
+        """The units as planned, for a resume after an interrupt (removed when the sweep ends)."""
+        if ranks.world() > 1 or not any(len(u) > 1 for u in units):
+            return
+        text = json.dumps(units)
+        path = Path(self.out) / "runs" / ".stacked" / \
+            f"plan-{hashlib.sha1(text.encode()).hexdigest()[:16]}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 class Sweep:
@@ -298,27 +497,50 @@ class Sweep:
         sgd_lrs = sorted({*spec.lrs, spec.fixed_lr})
         with Runner(self.jobs, self.progress, self.batched, self.out) as runner:
             sgd = [Arm(r, r, "sgd", list(sgd_lrs)) for r in spec.rules]
-            self.arms += sgd
-            self._run_arms(sgd, runner, "SGD arms")
+            adam = [Arm(f"{r}+adam", r, "adam", sorted(spec.adam_lrs)) for r in spec.adam_rules]
+            # SGD and Adam arms in one phase: their runs stack together (a rule's SGD and Adam
+            # models share one stack); gain-matched backprop needs the SGD arms' gains first
+            self.arms += sgd + adam
+            self._run_arms(sgd + adam, runner, "SGD and Adam arms" if adam else "SGD arms")
             gm = []
             for r in spec.gain_match:
                 src = next(a for a in sgd if a.label == r)
                 gm.append(Arm(gain_matched_label(r), "bp", "sgd", list(src.lrs), gain_of=r))
-            self.arms += gm
             self._run_arms(gm, runner, "gain-matched backprop")
-            adam = [Arm(f"{r}+adam", r, "adam", sorted(spec.adam_lrs)) for r in spec.adam_rules]
-            self.arms += adam
-            self._run_arms(adam, runner, "Adam arms")
+            self.arms = sgd + gm + adam  # the report's order
+        if ranks.rank() == 0:  # every unit finished: plans and checkpoints left belong to none
+            for stale in (self.out / "runs" / ".stacked").glob("*"):
+                stale.unlink(missing_ok=True)
         stacked = [u for u in runner.units if u > 1]
+        total = sum(len(a.lrs) for a in self.arms) * len(self.seeds)
         self.execution = {"mode": "batched" if self.batched else "sequential",
-                          "processes": self.jobs, "ranks": ranks.world(), "runs_trained": sum(runner.units),
+                          "processes": self.jobs, "ranks": ranks.world(),
+                          "runs_trained": sum(runner.units),
+                          "runs_reused": max(0, total - sum(runner.units)),
                           "stacked_groups": len(stacked), "runs_in_stacked_groups": sum(stacked),
                           "single_runs": sum(1 for u in runner.units if u == 1)}
-        result = self.summary(time.perf_counter() - t0)
+        wall_s = time.perf_counter() - t0
+        previous = self._previous_run()
+        if not runner.units and previous is not None:
+            # a rerun that trained nothing: the figures of the sweep that trained these runs
+            wall_s, self.execution = previous
+            self.execution = {**self.execution, "rerun_reused_all": True}
+        result = self.summary(wall_s)
         if ranks.rank() == 0:
             with open(self.out / "sweep.json", "w") as f:
                 json.dump(result, f, indent=1)
         return result
+
+    def _previous_run(self) -> tuple[float, dict] | None:
+        """(wall time, execution) of the sweep.json already here, if it has them: the run of
+        the sweep that trained these runs (a rerun that reused all keeps its figures)."""
+        try:
+            old = load_sweep(self.out)
+        except (OSError, ValueError):
+            return None
+        if old.get("wall_s") is None or not old.get("execution"):
+            return None
+        return old["wall_s"], old["execution"]
 
     def summary(self, wall_s: float | None = None) -> dict:
         arms = [asdict(a) for a in self.arms]

@@ -38,8 +38,21 @@ CHECKPOINT_VERSION = 1
 # A run counts as diverged (and stops) when its loss is not finite or exceeds this multiple of
 # its initial training loss: far worse than chance, it is not coming back within the budget.
 DIVERGE_FACTOR = 10.0
-CHECKPOINT_INTERVAL_S = 30.0
+# seconds between checkpoints (the environment variable: tests, very short runs)
+CHECKPOINT_INTERVAL_S = float(os.environ.get("SOAP_CUDA_CHECKPOINT_INTERVAL_S", 30.0))
 FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them
+
+
+def run_environment(device: torch.device) -> dict:
+    """What a run ran on, for its config record: the device it trained on (the GPU's name if
+    one) and, apart from it, how soap_cuda was built (CUDA kernels may be built and unused)."""
+    device = torch.device(device)
+    where = str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    build = {"cuda": "native, CPU and CUDA kernels", "cpu": "native, CPU kernels only",
+             "python": "pure-PyTorch fallback"}[soap_cuda.backend()]
+    return {"device": where, "build": build, "torch": torch.__version__}
 
 
 def _metrics_module():
@@ -89,6 +102,12 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor],
         return rec
     finally:
         model.train(was_training)
+
+
+def aligns_at(evaluation: int, align_every: int) -> bool:
+    """Whether the evaluation numbered `evaluation` (0 = the first) measures alignment: each of
+    the first `align_every`, where the angles move fastest, then every `align_every`-th."""
+    return evaluation < align_every or evaluation % align_every == 0
 
 
 def diverged_by_loss(records: list[dict], train_loss: float) -> bool:
@@ -206,13 +225,14 @@ def _progress(total: int, enabled: bool, desc: str):
 def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
           checkpoint_path: str | os.PathLike | None = None, resume: bool = False,
           data: Dataset | None = None, progress: bool = False,
-          checkpoint_every_evals: int | None = None) -> list[dict]:
+          checkpoint_every_evals: int | None = None, on_step=None) -> list[dict]:
     """Run `cfg`; return its records (also written to `out_path` as JSON lines).
 
     With `checkpoint_path`, a checkpoint is written atomically every `checkpoint_every_evals`
     evaluations (default: at the first evaluation CHECKPOINT_INTERVAL_S or more after the last
     checkpoint, so short runs pay for one) and at the end; `resume=True` continues from it exactly (same data order, same
     RNG state, same optimizer state), also when `cfg.epochs` was raised to train longer.
+    `on_step(examples)` after every optimizer step (a sweep's progress bar).
     """
     cfg.validate()
     if data is None:
@@ -269,7 +289,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "next_eval": 0,
                "evals": 0, "batch_loss_sum": 0.0, "batch_loss_n": 0}
         records = [{"kind": "config", "config": cfg.to_dict(), "data": data.summary(),
-                    "backend": soap_cuda.backend(), "torch": torch.__version__}]
+                    **run_environment(device)}]
         elapsed0 = 0.0
     writer = _Writer(Path(out_path) if out_path else None, records)
     t0 = time.perf_counter() - elapsed0
@@ -286,7 +306,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                 rec.update(val_loss=math.inf, val_acc=None)
         else:
             on = final_data if final else eval_data
-            align = final or pos["evals"] % cfg.align_every == 0
+            align = final or aligns_at(pos["evals"], cfg.align_every)
             rec.update(evaluate(model, on, probe, alignment=align))
             rec["eval_examples"] = [len(on.y_train), len(on.y_test)]
             if diverged_by_loss(records, rec["train_loss"]):
@@ -369,6 +389,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                             else torch.tensor(float(loss)), take, pos["examples"], pos["step"]))
             if bar is not None:
                 bar.update(take)
+            if on_step is not None:
+                on_step(take)
             if len(pending) >= FLUSH_STEPS and flush():
                 diverged = True
                 break
