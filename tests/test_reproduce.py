@@ -61,6 +61,7 @@ def test_reproduce_chooses_on_validation_and_reports_best_validation_errors(
     assert "| fa | " in text and "13.06" in text and "| dfa |" in text and "12.81" in text
     assert "best validation" in text
     capsys.readouterr()
+    assert not list((out / "runs" / ".stacked").glob("*"))  # no stale plans or checkpoints
     assert main(argv) == 0  # everything on disk: nothing retrained
     assert json.loads((out / "reproduce.json").read_text())["runs_trained"] == 0
 

@@ -159,6 +159,8 @@ def reproduce(preset_name: str, out_dir: str | Path, opts: Options, runner) -> d
     seeds = list(range(opts.seeds))
     store = run_all([(r, chosen[r], s) for r in rules for s in seeds], out, epochs, False,
                     "table")
+    for stale in (out / "runs" / ".stacked").glob("*"):  # every unit finished: none resumes
+        stale.unlink(missing_ok=True)
     rows = []
     for r in rules:
         finals = [store.final(r, chosen[r], s) for s in seeds]
