@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "lr is at an edge (default 2)")
     q.add_argument("--rules", type=_names, default=None, metavar="R[,R...]",
                    help=f"rules (default {','.join(LENET_RULES)})")
+    q.add_argument("--sync-every", type=_positive_int, default=None, metavar="T",
+                   help="sign rules: sync B from W every T training examples (default 64, "
+                        "every batch, as BioTorch's layers recompute B at every forward)")
     q.add_argument("--data-dir", default=None,
                    help="directory with the IDX files (default ./data, then the system's data "
                         "packages)")
@@ -412,6 +415,7 @@ def _cmd_reproduce(args) -> int:
 
     opts = Options(epochs=args.epochs, seeds=args.seeds, lrs=args.lrs,
                    pilot_epochs=args.pilot_epochs, max_extend=args.max_extend,
+                   sync_every=args.sync_every,
                    rules=args.rules, data_dir=args.data_dir,
                    train_examples=args.train_examples, test_examples=args.test_examples,
                    device=args.device)

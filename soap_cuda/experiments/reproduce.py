@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
+from .models import SYNCED_RULES
 from .data import load_dataset
 from .runs import RunStore, is_complete, run_path
 from .stats import best_lr, extend_grid, mean_ci
@@ -56,7 +57,8 @@ class Preset:
     weight_decay: float = 1e-3
     lr_drops: list[float] = field(default_factory=lambda: [0.5, 0.75])
     val_fraction: float = 0.1
-    sync_every: int = 1000
+    # BioTorch's sign-concordant layers recompute B from W at every forward: a sync every batch
+    sync_every: int = 64
     lrs: list[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1])
 
 
@@ -78,6 +80,7 @@ class Options:
     lrs: list[float] | None = None
     pilot_epochs: float = 1.0
     max_extend: int = 2
+    sync_every: int | None = None  # the sign rules' sync interval (default: the preset's)
     rules: list[str] | None = None
     data_dir: str | None = None
     train_examples: int | None = None
@@ -87,11 +90,15 @@ class Options:
 
 def _config(preset: Preset, opts: Options, rule: str, lr: float, seed: int, epochs: float,
             eval_every: int, pilot: bool) -> TrainConfig:
+    # rules without a sync keep TrainConfig's default interval, which they ignore: their runs
+    # stay the same runs (and are reused) whatever interval the sign rules are given
+    sync_every = (opts.sync_every or preset.sync_every) if rule in SYNCED_RULES else \
+        TrainConfig.sync_every
     return TrainConfig(
         rule=rule, lr=lr, seed=seed, model=preset.model, dataset=preset.dataset,
         data_dir=opts.data_dir, epochs=epochs, batch_size=preset.batch_size,
         momentum=preset.momentum, weight_decay=preset.weight_decay,
-        lr_drops=[] if pilot else preset.lr_drops, sync_every=preset.sync_every,
+        lr_drops=[] if pilot else preset.lr_drops, sync_every=sync_every,
         val_fraction=preset.val_fraction, train_examples=opts.train_examples,
         test_examples=opts.test_examples, eval_every=eval_every, device=opts.device)
 
@@ -190,6 +197,14 @@ def _pct(ci: dict) -> str:
     return f"{ci['estimate']:.2f} [{ci['lo']:.2f}, {ci['hi']:.2f}]"
 
 
+def _sync_text(summary: dict) -> str:
+    p = summary["preset"]
+    every = summary["options"]["sync_every"] or p["sync_every"]
+    if every == p["batch_size"]:
+        return "batch (as BioTorch's layers recompute B from W at every forward)"
+    return f"{every} examples"
+
+
 def render(summary: dict) -> str:
     p, data = summary["preset"], summary["data"]
     name = lambda r: f"{r} ({BIOTORCH_NAMES[r]})" if r in BIOTORCH_NAMES else r  # noqa: E731
@@ -198,7 +213,7 @@ def render(summary: dict) -> str:
              f"- Recipe: LeNet-5 (32x32 input), SGD momentum {p['momentum']:g}, weight decay "
              f"{p['weight_decay']:g}, batch {p['batch_size']}, {summary['epochs']:g} epochs, "
              f"learning rate x0.1 at {', '.join(f'{f:.0%}' for f in p['lr_drops'])} of them; "
-             f"sign rules sync B every {p['sync_every']} examples; an evaluation every epoch.",
+             f"sign rules sync B every {_sync_text(summary)}; an evaluation every epoch.",
              f"- Selection: the learning rate per rule from the grid "
              f"{', '.join(f'{x:g}' for x in summary['lrs'])} (extended by a step where a "
              f"rule's best sat at an edge) by the lowest validation error of a "
