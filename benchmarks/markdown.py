@@ -184,7 +184,8 @@ def report(result: dict) -> str:
                   "dfa = convert(model, feedback='dfa'), no layer-to-layer error. KP floor = 1 + "
                   "(the FA step's optimizer.step() alone) / (the FA step): B as a parameter of "
                   "the same optimizer costs at least one more such update (its gradient is W's, "
-                  "shared copy-on-write, not copied); the target is 1.02x of that floor.",
+                  "shared copy-on-write on the CPU, a device copy on CUDA); the target is 1.02x "
+                  "of that floor.",
                   rules(result["rules"])]
     if result.get("conv"):
         parts += ["## Conv models: SGD train step (medians)",

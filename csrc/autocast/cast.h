@@ -10,6 +10,8 @@
 // load_state_dict, an optimizer step on a Kolen-Pollack B), a new storage (`.data =`, `.to()`)
 // or another view misses and recasts. Writes that bypass the version counter (through
 // `B.data`, or a raw pointer) are not seen: call clear_feedback_casts() after such a write.
+// On CUDA the copy is made on the stream current at its first cast and, like ATen's own autocast
+// cache, does not record other streams that later read it.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -22,9 +22,11 @@ namespace soap_cuda {
 // change of one .grad, such as gradient clipping or unscaling, must not change the other), but
 // copy-on-write where it can be: the data is shared until either is written, so a step whose
 // optimizer only reads the gradients copies nothing. A backward that records a graph
-// (create_graph) and tensors under tracing get a plain clone.
+// (create_graph) and tensors under tracing get a plain clone, and so do CUDA tensors: a
+// copy-on-write materialises with a cudaMemcpy on the legacy default stream, which would not
+// wait for kernels of a side stream, and a device copy costs a GPU step little anyway.
 inline at::Tensor separate_gradient(const at::Tensor& grad) {
-  if (!at::GradMode::is_enabled() && is_plain_dense(grad)) {
+  if (!at::GradMode::is_enabled() && grad.is_cpu() && is_plain_dense(grad)) {
     const c10::StorageImpl& storage = *grad.storage().unsafeGetStorageImpl();
     if (c10::impl::cow::has_simple_data_ptr(storage) ||
         c10::impl::cow::is_cow_data_ptr(storage.data_ptr())) {

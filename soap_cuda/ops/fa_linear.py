@@ -38,13 +38,14 @@ def _setup_context(ctx, inputs, output):
 
 def _kolen_pollack_grad(grad_weight, need_weight, learn_b):
     # W's gradient for B, a tensor of its own when W takes it too (the two .grad tensors must
-    # not alias), copy-on-write outside graphs and tracing, as in C++ (csrc/common/feedback_grads.h)
+    # not alias), copy-on-write on the CPU outside graphs and tracing, as in C++
+    # (csrc/common/feedback_grads.h says why not on CUDA)
     if not learn_b:
         return None
     if not need_weight:
         return grad_weight
     if torch.is_grad_enabled() or type(grad_weight) is not torch.Tensor \
-            or torch.compiler.is_compiling():
+            or grad_weight.device.type != "cpu" or torch.compiler.is_compiling():
         return grad_weight.clone()
     return torch._lazy_clone(grad_weight)
 
