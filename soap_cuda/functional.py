@@ -43,8 +43,9 @@ def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tens
     Under autocast the operands are cast as nn.Linear's are: float32/float16/bfloat16 ones to
     the autocast dtype, float64 ones left alone, by the op's autocast kernel, which keeps B's
     low-precision copy until B changes (its version counter). The casts are differentiable, so
-    fp32 master weights receive fp32 gradients. Under torch.func transforms (grad, vmap, jacrev, ...) the
-    same rule runs as a transform-aware autograd Function (`soap_cuda.func_transforms`).
+    fp32 master weights receive fp32 gradients. Under torch.func transforms (grad, vmap,
+    jacrev, ...) the same rule runs as a transform-aware autograd Function
+    (`soap_cuda.func_transforms`).
     """
     # (torch.compile traces the query, fullgraph, and guards on its answer.)
     if _transforms_active():
