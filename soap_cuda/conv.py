@@ -49,7 +49,7 @@ class _FAConvNd(FeedbackLayerMixin):
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
-        if name in _GEOMETRY_ATTRIBUTES:  # nn.Conv reads these on every call: so do we
+        if name in _GEOMETRY_ATTRIBUTES:  # nn.Conv reads them every call: honour a change
             self.__dict__["_geometry"] = None
 
     def _compute_geometry(self):
