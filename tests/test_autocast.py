@@ -173,13 +173,16 @@ def _change_in_place(layer):
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize("device", devices())
 def test_a_change_of_b_invalidates_its_cached_cast(device, kind, change):
+    # bit-exact on the CPU; cuDNN/cuBLAS may pick other algorithms call to call (a stale B
+    # would be off by far more: every change below moves B by O(1))
+    tol = dict(rtol=0, atol=0) if device == "cpu" else dict(rtol=1e-2, atol=1e-2)
     layer, x = _layer(kind, device, feedback="sign")
     first = _grad_input(layer, x, device)  # caches B's cast (native)
-    torch.testing.assert_close(first, _expected_grad_input(layer, x, device), rtol=0, atol=0)
+    torch.testing.assert_close(first, _expected_grad_input(layer, x, device), **tol)
     change(layer)
     got = _grad_input(layer, x, device)
-    assert not torch.equal(got, first)  # B did change
-    torch.testing.assert_close(got, _expected_grad_input(layer, x, device), rtol=0, atol=0)
+    assert (got - first).abs().max() > 0.1  # B did change
+    torch.testing.assert_close(got, _expected_grad_input(layer, x, device), **tol)
 
 
 def _casts_in_forward(layer, x, **autocast):
