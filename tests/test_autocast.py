@@ -230,3 +230,16 @@ def test_kolen_pollack_b_under_autocast_gets_fp32_gradients():
             torch.testing.assert_close(layer.b_matrix.grad, layer.weight.grad, rtol=0, atol=0)
         with torch.no_grad():
             model[2].b_matrix.add_(0.1)
+
+
+def test_opcheck_under_autocast():
+    """The ops' autocast kernels keep schema, autograd, fake-tensor and AOT-dispatch checks."""
+    req = dict(requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.library.opcheck(torch.ops.soap_cuda.fa_linear.default,
+                              (torch.randn(5, 7, **req), torch.randn(3, 7, **req),
+                               torch.randn(3, **req), torch.randn(3, 7)), atol=1e-2, rtol=1e-2)
+        torch.library.opcheck(torch.ops.soap_cuda.fa_conv.default,
+                              (torch.randn(2, 4, 6, 5, **req), torch.randn(6, 2, 3, 3, **req),
+                               torch.randn(6, **req), torch.randn(6, 2, 3, 3),
+                               [1, 2], [1, 0], [1, 1], 2), atol=1e-2, rtol=1e-2)
