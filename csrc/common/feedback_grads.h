@@ -1,6 +1,6 @@
 // What the backward of an FA layer (fa_linear, fa_conv; tensor arguments input, weight, bias?,
-// b_matrix) asks its backward op for, and what it hands back to autograd. Shared by the two
-// C++ autograd Functions so the Kolen-Pollack rule cannot drift between them.
+// b_matrix) asks its backward op for, and what it hands back to autograd. Shared by fa_linear's
+// autograd Function and fa_conv's node so the Kolen-Pollack rule cannot drift between them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
