@@ -15,7 +15,7 @@ import soap_cuda
 from .train_steps import OPTIMIZER_ONLY, TrainSteps, fixed_batch
 
 # "fa optimizer" times the FA step's optimizer update alone: a Kolen-Pollack B, a parameter of
-# the same optimizer with W's gradient, costs at least one more of it (and the gradient copy)
+# the same optimizer with W's gradient (shared copy-on-write), costs at least one more of it
 KINDS = ("nn.Linear", "fa", "kolen_pollack", "dfa", "fa" + OPTIMIZER_ONLY)
 
 

@@ -1,11 +1,13 @@
 // The importable shell of the native library: `import soap_cuda._C` loads the shared object,
 // whose static initialisers register the schemas and kernels with the dispatcher. It also
-// exposes the CUDA sync's block partition (plain C++), so the tests can check it without a GPU.
+// exposes the CUDA sync's block partition (plain C++), so the tests can check it without a GPU,
+// and the count of autocast copies of B held by csrc/autocast/cast.cpp (and a way to drop them).
 #include <Python.h>
 
 #include <cstdint>
 #include <vector>
 
+#include "autocast/cast.h"
 #include "feedback_sync/sync_partition.h"
 
 namespace {
@@ -46,9 +48,22 @@ PyObject* sync_block_partition(PyObject*, PyObject* args) {
   return out;
 }
 
+PyObject* feedback_cast_count(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(soap_cuda::feedback_cast_count());
+}
+
+PyObject* clear_feedback_casts(PyObject*, PyObject*) {
+  soap_cuda::clear_feedback_casts();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"_sync_block_partition", sync_block_partition, METH_VARARGS,
      "First block of each layer (and the total) in the CUDA feedback sync's launch."},
+    {"_feedback_cast_count", feedback_cast_count, METH_NOARGS,
+     "How many autocast copies of feedback matrices are cached (B's that are still alive)."},
+    {"_clear_feedback_casts", clear_feedback_casts, METH_NOARGS,
+     "Drop every cached autocast copy of a feedback matrix."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -16,9 +16,15 @@ from . import dfa
 from .feedback_layer import FeedbackLayerMixin
 from .functional import fa_conv
 
+_fa_conv_op = torch.ops.soap_cuda.fa_conv.default
+# what the op's geometry is computed from (conv.py's _compute_geometry)
+_GEOMETRY_ATTRIBUTES = frozenset(("stride", "padding", "dilation", "groups", "padding_mode",
+                                  "kernel_size", "_reversed_padding_repeated_twice"))
+
 
 class _FAConvNd(FeedbackLayerMixin):
     _torch_class: type = nn.Module  # nn.Conv1d / 2d / 3d
+    _geometry = None  # the op's geometry, once computed (_compute_geometry)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -41,32 +47,66 @@ class _FAConvNd(FeedbackLayerMixin):
         if "b_matrix" in self._buffers:
             self._reset_feedback()
 
-    def forward(self, input: Tensor) -> Tensor:
-        if self._schedule_runs():
-            self._advance_schedule(input.shape[0] if input.dim() == self.weight.dim() else 1)
-        if self.feedback == "dfa" and self.feedback_override is None:
-            return self._dfa_forward(
-                input, lambda x: self._torch_class._conv_forward(self, x, self.weight, self.bias))
-        return self._conv_forward(input, self.weight, self.bias)
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in _GEOMETRY_ATTRIBUTES:  # nn.Conv reads them every call: honour a change
+            self.__dict__["_geometry"] = None
 
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        spatial = weight.dim() - 2
-        if self.padding_mode != "zeros":  # as nn.Conv: pad by the mode, then no padding
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = [0] * spatial
-        elif isinstance(self.padding, str):  # "same" / "valid": left and right per dim
-            pads = self._reversed_padding_repeated_twice
+    def _compute_geometry(self):
+        """(pre-padding as F.pad's arguments or None, stride, padding, dilation, groups): what
+        every forward passes to the op, computed once (again only after a geometry attribute
+        is set). Non-zero padding modes pad first, then convolve without padding, as nn.Conv
+        does; so does the asymmetric side of "same" with an even kernel (the extra zero goes
+        right, as ATen pads it)."""
+        spatial = len(self.kernel_size)
+        pads = self._reversed_padding_repeated_twice
+        pre_pad, padding = None, list(self.padding) if not isinstance(self.padding, str) else None
+        if self.padding_mode != "zeros":
+            pre_pad, padding = (pads, self.padding_mode), [0] * spatial
+        elif padding is None:  # "same" / "valid": left and right per dim
             left = [pads[2 * (spatial - 1 - d)] for d in range(spatial)]
             right = [pads[2 * (spatial - 1 - d) + 1] for d in range(spatial)]
-            if left == right:
-                padding = left
-            else:  # an even kernel under "same": the extra zero goes right, as ATen pads it
-                input = F.pad(input, pads)
-                padding = [0] * spatial
+            padding = left if left == right else [0] * spatial
+            if left != right:
+                pre_pad = (pads, "constant")
+        geometry = (pre_pad, list(self.stride), padding, list(self.dilation), self.groups)
+        self.__dict__["_geometry"] = geometry
+        return geometry
+
+    def forward(self, input: Tensor) -> Tensor:
+        # FALinear's hot path: the schedule test inline, parameters and B from the module's
+        # dicts (nn.Module.__getattr__ costs ~0.5 us a call), the geometry from its cache.
+        if self.training and (self.sync_every is not None or self.sync_at_start) \
+                and not self.schedule_paused and torch.is_grad_enabled():
+            self._advance_schedule(input.shape[0] if input.dim() == len(self.kernel_size) + 2
+                                   else 1)
+        params = self._parameters
+        weight = params.get("weight")
+        if weight is None:  # parametrized: the attribute finds it
+            weight = self.weight
+        bias = params["bias"] if "bias" in params else self.bias
+        if self.feedback_override is None and self._b_in_buffers:  # the common case, first
+            b_matrix = self._buffers["b_matrix"]
+        elif self.feedback_override is None and self.feedback == "dfa":
+            return self._dfa_forward(
+                input, lambda x: self._torch_class._conv_forward(self, x, weight, bias))
         else:
-            padding = list(self.padding)
-        return fa_conv(input, weight, bias, self.feedback_matrix, list(self.stride), padding,
-                       list(self.dilation), self.groups)
+            b_matrix = self.feedback_matrix
+        pre_pad, stride, padding, dilation, groups = self._geometry or self._compute_geometry()
+        if pre_pad is not None:
+            input = F.pad(input, *pre_pad)
+        if input.dim() == len(stride) + 1:  # unbatched, as nn.Conv takes it
+            return _fa_conv_op(input.unsqueeze(0), weight, bias, b_matrix, stride, padding,
+                               dilation, groups).squeeze(0)
+        return _fa_conv_op(input, weight, bias, b_matrix, stride, padding, dilation, groups)
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """nn.Conv's hook, with the FA rule: the forward above for given weight and bias."""
+        pre_pad, stride, padding, dilation, groups = self._geometry or self._compute_geometry()
+        if pre_pad is not None:
+            input = F.pad(input, *pre_pad)
+        return fa_conv(input, weight, bias, self.feedback_matrix, stride, padding, dilation,
+                       groups)
 
     def extra_repr(self) -> str:
         return self._torch_class.extra_repr(self) + self._feedback_repr()

@@ -9,8 +9,10 @@ from . import ops  # noqa: F401  (makes torch.ops.soap_cuda complete)
 
 
 _fa_linear_op = torch.ops.soap_cuda.fa_linear.default
-# One C call each answers "is autocast on anywhere?" and "is a torch.func transform active?";
-# the slower per-device autocast query runs only when the first says yes.
+# One C call each answers "is a torch.func transform active?" and "is autocast on anywhere?";
+# the slower per-device autocast query runs only when the first says yes. Autocast itself is
+# the ops' own (AutocastCPU/AutocastCUDA kernels: csrc/autocast/, or ops/autocast.py in the
+# fallback); only the torch.func path, which does not call the op, casts here.
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 _transforms_active = func_transforms.transforms_active
 
@@ -39,14 +41,16 @@ def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tens
     """`input @ weight.T + bias` forward; backward sends the error through `b_matrix`.
 
     Under autocast the operands are cast as nn.Linear's are: float32/float16/bfloat16 ones to
-    the autocast dtype, float64 ones left alone. The casts are differentiable, so fp32 master
-    weights receive fp32 gradients. Under torch.func transforms (grad, vmap, jacrev, ...) the
-    same rule runs as a transform-aware autograd Function (`soap_cuda.func_transforms`).
+    the autocast dtype, float64 ones left alone, by the op's autocast kernel, which keeps B's
+    low-precision copy until B changes (its version counter). The casts are differentiable, so
+    fp32 master weights receive fp32 gradients. Under torch.func transforms (grad, vmap,
+    jacrev, ...) the same rule runs as a transform-aware autograd Function
+    (`soap_cuda.func_transforms`).
     """
-    # (torch.compile traces both queries, fullgraph, and guards on their answers.)
-    if _any_autocast():
-        input, weight, bias, b_matrix = _cast_for_autocast(input, weight, bias, b_matrix)
+    # (torch.compile traces the query, fullgraph, and guards on its answer.)
     if _transforms_active():
+        if _any_autocast():
+            input, weight, bias, b_matrix = _cast_for_autocast(input, weight, bias, b_matrix)
         return func_transforms.fa_linear(input, weight, bias, b_matrix)
     return _fa_linear_op(input, weight, bias, b_matrix)
 
@@ -60,9 +64,7 @@ def fa_conv(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor
     padding, explicit ints per spatial dim); backward sends the error through `b_matrix`
     (grad_input is the transposed convolution of grad_output with B). An unbatched input
     (channels, *spatial) is taken as a batch of one, as nn.Conv does. Under autocast the
-    operands are cast as nn.Conv's are (float64 ones left alone)."""
-    if _any_autocast():
-        input, weight, bias, b_matrix = _cast_for_autocast(input, weight, bias, b_matrix)
+    operands are cast as nn.Conv's are (float64 ones left alone), by the op's autocast kernel."""
     if input.dim() == weight.dim() - 1:
         return _fa_conv_op(input.unsqueeze(0), weight, bias, b_matrix, stride, padding,
                            dilation, groups).squeeze(0)

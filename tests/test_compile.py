@@ -86,3 +86,34 @@ def test_opcheck_every_op_and_dtype_on_cpu(dtype):
                           (torch.randn(5, 3, dtype=dtype), x.detach(), B, [True, True, True]))
     torch.library.opcheck(torch.ops.soap_cuda.feedback_sync_.default,
                           ([w.detach()], [torch.empty_like(B)], [B], torch.ones(1, dtype=torch.float64)))
+
+
+def test_compiled_autograd_runs_the_fa_nodes():
+    """Compiled autograd captures the backward of FA conv, FA linear and the stacked op (the
+    native nodes hand it their formula as a functional op) and gives eager's gradients,
+    Kolen-Pollack's B included."""
+    from torch._dynamo import compiled_autograd
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    model = nn.Sequential(soap_cuda.FAConv2d(2, 3, 3, padding=1, feedback="kolen_pollack"),
+                          nn.Tanh(), nn.Flatten(), FALinear(3 * 16, 4))
+    x = torch.randn(2, 2, 4, 4)
+    ws = torch.randn(2, 3, 5, requires_grad=True)
+    xs, bs = torch.randn(2, 6, 5), torch.randn(2, 3, 5)
+    params = (*model.parameters(), ws)
+
+    def loss():
+        stacked = torch.ops.soap_cuda.fa_linear_stacked(xs, ws, None, bs)
+        return model(x).square().sum() + stacked.square().sum()
+
+    loss().backward()
+    want = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    torch._dynamo.reset()
+    captures = counters["compiled_autograd"]["captures"]
+    with compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        loss().backward()
+    assert counters["compiled_autograd"]["captures"] == captures + 1
+    for p, g in zip(params, want):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)

@@ -210,6 +210,67 @@ def test_module_is_a_swap_in_for_nn_conv2d():
     assert 0.5 < b0_std / (2.0 / (3 * 25 + 8 * 25)) ** 0.5 < 1.5  # xavier-normal over the fans
 
 
+@pytest.mark.parametrize("change", [dict(padding=(2, 1)), dict(stride=(2, 3)),
+                                    dict(dilation=(2, 2)), dict(padding_mode="reflect")],
+                         ids=lambda c: next(iter(c)))
+def test_geometry_set_after_construction_takes_effect_as_in_nn_conv(change):
+    """The op's geometry is computed once per module, and again after any of its attributes
+    is set: a layer whose padding, stride, ... change behaves as nn.Conv2d does."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(2, 3, 3, padding=1, dtype=torch.float64)
+    fa = FAConv2d.from_conv(conv, feedback="bp")
+    x = torch.randn(2, 2, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(fa(x), conv(x), **TIGHT)
+    for layer in (conv, fa):
+        for name, value in change.items():
+            setattr(layer, name, value)
+        if "padding_mode" in change:  # what nn.Conv derives from the padding at construction
+            layer._reversed_padding_repeated_twice = [1, 1, 1, 1]
+    xs = (x.clone().requires_grad_(), x.clone().requires_grad_())
+    y_conv, y_fa = conv(xs[0]), fa(xs[1])
+    torch.testing.assert_close(y_fa, y_conv, **TIGHT)
+    g = torch.randn_like(y_conv)
+    y_conv.backward(g)
+    y_fa.backward(g)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, **TIGHT)
+    torch.testing.assert_close(fa.weight.grad, conv.weight.grad, **TIGHT)
+
+
+def test_unbatched_input_and_a_copied_layer():
+    import copy
+    import pickle
+    torch.manual_seed(6)
+    fa = FAConv2d(2, 3, 3, padding=1, dtype=torch.float64)
+    x = torch.randn(2, 5, 5, dtype=torch.float64)
+    want = fa(x.unsqueeze(0)).squeeze(0)
+    torch.testing.assert_close(fa(x), want, rtol=0, atol=0)
+    for twin in (copy.deepcopy(fa), pickle.loads(pickle.dumps(fa))):
+        torch.testing.assert_close(twin(x), want, rtol=0, atol=0)
+
+
+def test_conv_node_is_autograd_s_own_kind_of_node():
+    """The lean C++ node (native) and the fallback's node behave as ATen's: a second backward
+    through freed buffers, and an in-place edit of a saved input, raise autograd's errors."""
+    layer = FAConv2d(2, 3, 3, dtype=torch.float64)
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    y.sum().backward(retain_graph=True)
+    y.sum().backward()  # retained: a second backward works
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+    x2 = torch.randn(2, 2, 5, 5, dtype=torch.float64).requires_grad_()
+    x3 = x2 * 1.0
+    y3 = layer(x3)
+    with torch.no_grad():
+        x3.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y3.sum().backward()
+    # torch.autograd.grad for some inputs: only those are computed
+    y4 = layer(x)
+    gx, = torch.autograd.grad(y4.sum(), x)
+    assert layer.weight.grad is not None and gx.shape == x.shape
+
+
 @pytest.mark.parametrize("feedback", ["sign", "rescaled_sign", "scaled_sign", "random_sign"])
 def test_sync_rules_and_exact_resume_on_conv_layers(feedback):
     torch.manual_seed(4)

@@ -81,3 +81,28 @@ def test_bad_input_is_rejected(case, pattern):
     args = case(*_make(2, 3, 4, 5, "cpu"))
     with pytest.raises(RuntimeError, match=r"soap_cuda::fa_linear_stacked: " + pattern):
         op(*args)
+
+
+def test_autograd_node_is_native_where_the_library_is():
+    import soap_cuda
+    x, w, b, B = _make(2, 3, 4, 5, "cpu")
+    y = op(x, w.requires_grad_(), b, B)
+    name = y.grad_fn.name()
+    assert name == ("SoapCudaFALinearStackedBackward" if soap_cuda.backend() != "python"
+                    else name)
+    assert op(x, w.detach(), b, B).grad_fn is None  # nothing wants a gradient: no node
+
+
+def test_double_backward_matches_each_models_fa_linear():
+    """create_graph=True through the stacked op gives what each model's fa_linear gives."""
+    x, w, b, B = _make(3, 4, 5, 2, "cpu")
+    x.requires_grad_(), w.requires_grad_()
+    gx, gw = torch.autograd.grad(op(x, w, b, B).square().sum(), (x, w), create_graph=True)
+    dx, dw = torch.autograd.grad(gx.square().sum() + gw.square().sum(), (x, w))
+    for m in range(3):
+        xm, wm = x[m].detach().requires_grad_(), w[m].detach().requires_grad_()
+        y = torch.ops.soap_cuda.fa_linear(xm, wm, b[m], B[m])
+        gxm, gwm = torch.autograd.grad(y.square().sum(), (xm, wm), create_graph=True)
+        dxm, dwm = torch.autograd.grad(gxm.square().sum() + gwm.square().sum(), (xm, wm))
+        torch.testing.assert_close(dx[m], dxm, **TIGHT)
+        torch.testing.assert_close(dw[m], dwm, **TIGHT)

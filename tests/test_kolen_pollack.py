@@ -25,8 +25,46 @@ def test_b_receives_exactly_w_gradient_in_its_own_tensor(kind, bias):
     assert "b_matrix" in dict(layer.named_parameters()) and "b_matrix" in layer.state_dict()
     layer(x).square().sum().backward()
     assert torch.equal(layer.b_matrix.grad, layer.weight.grad)
+    # no copy made: the two share their data copy-on-write until either is written
+    assert torch._C._is_cow_tensor(layer.b_matrix.grad)
     # separate tensors: an in-place change of one gradient (clipping) leaves the other alone
+    want = layer.weight.grad.clone()
+    layer.weight.grad.mul_(3)
+    assert torch.equal(layer.b_matrix.grad, want)
+    layer.b_matrix.grad.add_(1)
+    assert torch.equal(layer.weight.grad, 3 * want) and torch.equal(layer.b_matrix.grad, want + 1)
     assert layer.b_matrix.grad.data_ptr() != layer.weight.grad.data_ptr()
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_clipping_and_accumulation_treat_the_two_gradients_apart(kind):
+    layer, x = _layer(kind)
+    layer(x).square().sum().backward()
+    g = layer.weight.grad.clone()
+    total = torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+    nn.utils.clip_grad_norm_(layer.parameters(), max_norm=0.5 * total.item())
+    # each gradient scaled once (shared memory would have scaled W's and B's twice); the
+    # clipping coefficient has clip_grad_norm_'s 1e-6 in its denominator
+    torch.testing.assert_close(layer.weight.grad, 0.5 * g, rtol=1e-6, atol=0)
+    torch.testing.assert_close(layer.b_matrix.grad, 0.5 * g, rtol=1e-6, atol=0)
+    # gradients kept between backwards (zero_grad(set_to_none=False)) accumulate apart too
+    layer.zero_grad(set_to_none=False)
+    for _ in range(2):
+        layer(x).square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, 2 * g, rtol=1e-12, atol=0)
+    torch.testing.assert_close(layer.b_matrix.grad, 2 * g, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_create_graph_gives_b_a_differentiable_gradient(kind):
+    layer, x = _layer(kind)
+    x.requires_grad_()
+    gw, gb = torch.autograd.grad(layer(x).square().sum(), (layer.weight, layer.b_matrix),
+                                 create_graph=True)
+    assert torch.equal(gw, gb) and gb.requires_grad
+    dx_w, = torch.autograd.grad(gw.sum(), x, retain_graph=True)
+    dx_b, = torch.autograd.grad(gb.sum(), x)
+    torch.testing.assert_close(dx_b, dx_w, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
@@ -125,3 +163,14 @@ def test_frozen_b_or_frozen_w(kind, bias):
     layer.weight.requires_grad_(False)
     layer(x).sum().backward()
     assert layer.weight.grad is None and layer.b_matrix.grad is not None
+
+
+def test_opcheck_with_a_learned_b():
+    f32 = dict(dtype=torch.float32, requires_grad=True)
+    torch.library.opcheck(torch.ops.soap_cuda.fa_linear.default,
+                          (torch.randn(5, 7, **f32), torch.randn(3, 7, **f32),
+                           torch.randn(3, **f32), torch.randn(3, 7, **f32)))
+    torch.library.opcheck(torch.ops.soap_cuda.fa_conv.default,
+                          (torch.randn(2, 4, 6, 5, **f32), torch.randn(6, 2, 3, 3, **f32),
+                           torch.randn(6, **f32), torch.randn(6, 2, 3, 3, **f32),
+                           [1, 2], [1, 0], [1, 1], 2))

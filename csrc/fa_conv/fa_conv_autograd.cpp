@@ -1,34 +1,35 @@
+// soap_cuda-build: own translation unit (autograd and compiled-autograd headers are heavy)
 // fa_conv's autograd formula in C++, registered for every backend's Autograd key (the same
-// formula is registered from Python when the native library is absent). Keeping Python out of
-// the step is what holds an FA conv layer to nn.Conv's speed; forward and backward call the ops
-// through the dispatcher, so torch.compile, fake tensors and per-device kernels see the ops.
+// formula is registered from Python when the native library is absent). The node is lean
+// (csrc/common/lean_node.h): the geometry is held as members, set once in the forward, so an
+// FA conv layer's step pays what nn.Conv's generated node pays. Forward and backward call the
+// ops through the dispatcher, so torch.compile, fake tensors and per-device kernels see them.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <vector>
 
 #include "../common/feedback_grads.h"
+#include "../common/lean_node.h"
 #include "fa_conv.h"
 
 namespace soap_cuda {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
+using torch::autograd::SavedVariable;
 
-at::Tensor call_forward(const at::Tensor& input, const at::Tensor& weight,
-                        const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
-                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                        int64_t groups) {
+at::Tensor conv_forward_op(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
+                           at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("soap_cuda::fa_conv", "")
                        .typed<decltype(fa_conv_forward)>();
   return op.call(input, weight, bias, b_matrix, stride, padding, dilation, groups);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_op(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& b_matrix,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     std::array<bool, 3> mask) {
@@ -38,44 +39,92 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(
   return op.call(grad_output, input, b_matrix, stride, padding, dilation, groups, mask);
 }
 
-class FAConvFunction : public torch::autograd::Function<FAConvFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
-                            const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                            const at::Tensor& b_matrix, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+struct ConvGeometry {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
+};
+
+// (grad_input, grad_weight, grad_bias, grad_b_matrix) from one fa_conv_backward call asking
+// only for what `needed` (one flag per forward tensor argument) says.
+variable_list conv_grads(const at::Tensor& grad_output, const at::Tensor& input,
+                         const at::Tensor& b_matrix, const ConvGeometry& g, bool has_bias,
+                         const std::vector<bool>& needed) {
+  const WantedGrads wanted{needed[0], needed[1], has_bias && needed[2], needed[3]};
+  if (!grad_output.defined()) return variable_list(4);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+  if (at::GradMode::is_enabled()) {
+    // create_graph=True: through the op's own (Python-registered) double-backward formula.
+    grads = conv_backward_op(grad_output, input, b_matrix, g.stride, g.padding, g.dilation,
+                             g.groups, wanted.mask());
+  } else {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({input, b_matrix});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["dilation"] = dilation.vec();
-    ctx->saved_data["groups"] = groups;
-    return call_forward(input, weight, bias, b_matrix, stride, padding, dilation, groups);
+    grads = conv_backward_op(grad_output, input, b_matrix, g.stride, g.padding, g.dilation,
+                             g.groups, wanted.mask());
+  }
+  // b_matrix gets a gradient only under Kolen-Pollack (W's)
+  const auto out = wanted.outputs(grads);
+  return variable_list(out.begin(), out.end());
+}
+
+struct FAConvBackward final : LeanNode<FAConvBackward> {
+  static constexpr const char* kName = "SoapCudaFAConvBackward";
+  SavedVariable input_, b_matrix_;
+  ConvGeometry geometry_;
+  bool has_bias_ = false;
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return conv_grads(grads[0], input_.unpack(), b_matrix_.unpack(), geometry_, has_bias_,
+                      needed());
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const WantedGrads wanted = wanted_grads(ctx, has_bias);
-    const std::array<bool, 3> mask = wanted.mask();
-    const auto stride = ctx->saved_data["stride"].toIntVector();
-    const auto padding = ctx->saved_data["padding"].toIntVector();
-    const auto dilation = ctx->saved_data["dilation"].toIntVector();
-    const int64_t groups = ctx->saved_data["groups"].toInt();
-    std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
-    if (at::GradMode::is_enabled()) {
-      // create_graph=True: through the op's own (Python-registered) double-backward formula.
-      grads = call_backward(grad_outputs[0], saved[0], saved[1], stride, padding, dilation,
-                            groups, mask);
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    b_matrix_.reset_data();
+  }
+
+  void collect(CompiledNodeArgs& args) const {
+    args.collect(input_, false);
+    args.collect(b_matrix_, false);
+    args.collect(geometry_.stride);
+    args.collect(geometry_.padding);
+    args.collect(geometry_.dilation);
+    args.collect(geometry_.groups);
+    args.collect(has_bias_);
+  }
+
+  void swap(SwapSavedVariables& saved, bool before) {
+    if (before) {
+      saved.before(input_);
+      saved.before(b_matrix_);
     } else {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      grads = call_backward(grad_outputs[0], saved[0], saved[1], stride, padding, dilation,
-                            groups, mask);
+      saved.after(input_);
+      saved.after(b_matrix_);
     }
-    // b_matrix gets a gradient only under Kolen-Pollack (W's); the geometry is not tensors.
-    const auto [grad_input, grad_weight, grad_bias, grad_b] = wanted.outputs(grads);
-    return {grad_input, grad_weight, grad_bias, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+  void pack(PackedArgs& packed) const {
+    packed.pack(input_.unpack());
+    packed.pack(b_matrix_.unpack());
+    packed.pack(geometry_.stride);
+    packed.pack(geometry_.padding);
+    packed.pack(geometry_.dilation);
+    packed.pack(geometry_.groups);
+    packed.pack(has_bias_);
+  }
+
+  static variable_list functional(const variable_list& grads, PackedArgs& packed,
+                                  const std::vector<bool>& needed) {
+    const auto input = packed.unpack<at::Tensor>();
+    const auto b_matrix = packed.unpack<at::Tensor>();
+    ConvGeometry g;
+    g.stride = packed.unpack<std::vector<int64_t>>();
+    g.padding = packed.unpack<std::vector<int64_t>>();
+    g.dilation = packed.unpack<std::vector<int64_t>>();
+    g.groups = packed.unpack<int64_t>();
+    const bool has_bias = packed.unpack<bool>();
+    return conv_grads(grads[0], input, b_matrix, g, has_bias, needed);
   }
 };
 
@@ -83,11 +132,21 @@ at::Tensor fa_conv_autograd(const at::Tensor& input, const at::Tensor& weight,
                             const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
-  if (!records_graph(input, weight, bias, b_matrix)) {
+  at::Tensor output;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_forward(input, weight, bias, b_matrix, stride, padding, dilation, groups);
+    output = conv_forward_op(input, weight, bias, b_matrix, stride, padding, dilation, groups);
   }
-  return FAConvFunction::apply(input, weight, bias, b_matrix, stride, padding, dilation, groups);
+  if (!records_graph(input, weight, bias, b_matrix)) return output;
+  check_no_forward_ad("fa_conv", input, weight, bias, b_matrix);
+  auto node = c10::make_intrusive<FAConvBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias, b_matrix));
+  node->input_ = SavedVariable(input, false);
+  node->b_matrix_ = SavedVariable(b_matrix, false);
+  node->geometry_ = {stride.vec(), padding.vec(), dilation.vec(), groups};
+  node->has_bias_ = bias.has_value() && bias->defined();
+  torch::autograd::set_history(output, node);
+  return output;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@ convolution_backward with B in W's place), asking only for the gradients autogra
 import torch
 
 from .. import _library
+from . import autocast
 from .fa_linear import _kolen_pollack_grad
 from ..reference.fa_conv import (check_fa_conv_args, check_fa_conv_backward_args, fa_conv,
                                  fa_conv_backward)
@@ -54,6 +55,7 @@ def _backward(ctx, grad_output):
 if _library.backend() == "python":
     torch.library.register_autograd("soap_cuda::fa_conv", _backward,
                                     setup_context=_setup_context)
+    autocast.register("fa_conv")
 
 
 # Double backward (create_graph=True through an FA conv): fa_conv_backward is linear in

@@ -6,6 +6,7 @@ double dispatch see it), asking only for the gradients autograd needs.
 import torch
 
 from .. import _library
+from . import autocast
 from ..reference.fa_linear import (check_fa_linear_args, check_fa_linear_backward_args,
                                    fa_linear, fa_linear_backward)
 
@@ -36,10 +37,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _kolen_pollack_grad(grad_weight, need_weight, learn_b):
-    # W's gradient for B, a copy when W takes it too (the two .grad tensors must not alias)
+    # W's gradient for B, a tensor of its own when W takes it too (the two .grad tensors must
+    # not alias), copy-on-write on the CPU outside graphs and tracing, as in C++
+    # (csrc/common/feedback_grads.h says why not on CUDA)
     if not learn_b:
         return None
-    return grad_weight.clone() if need_weight else grad_weight
+    if not need_weight:
+        return grad_weight
+    if torch.is_grad_enabled() or type(grad_weight) is not torch.Tensor \
+            or grad_weight.device.type != "cpu" or torch.compiler.is_compiling():
+        return grad_weight.clone()
+    return torch._lazy_clone(grad_weight)
 
 
 def _backward(ctx, grad_output):
@@ -58,6 +66,7 @@ def _backward(ctx, grad_output):
 if _library.backend() == "python":
     torch.library.register_autograd("soap_cuda::fa_linear", _backward,
                                     setup_context=_setup_context)
+    autocast.register("fa_linear")
 
 
 # Double backward: fa_linear_backward is linear in grad_output and in input, so its own

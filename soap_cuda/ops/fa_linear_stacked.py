@@ -1,7 +1,7 @@
-"""fa_linear_stacked's Python registrations: default kernels, fake kernels and the autograd
-formula (both backends: one call per layer for all the models of a batch, so Python's share of
-a step is small). Backward is one fa_linear_stacked_backward call asking only for what autograd
-needs; the op is linear in grad_output and input, so a double backward is more calls of it."""
+"""fa_linear_stacked's Python registrations: default kernels, fake kernels and (fallback)
+autograd formula; the native library registers the same formula in C++
+(csrc/fa_linear_stacked/fa_linear_stacked_autograd.cpp). Backward is one
+fa_linear_stacked_backward call asking only for what autograd needs."""
 import torch
 
 from .. import _library
@@ -42,5 +42,6 @@ def _backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None
 
 
-torch.library.register_autograd("soap_cuda::fa_linear_stacked", _backward,
-                                setup_context=_setup_context)
+if _library.backend() == "python":
+    torch.library.register_autograd("soap_cuda::fa_linear_stacked", _backward,
+                                    setup_context=_setup_context)

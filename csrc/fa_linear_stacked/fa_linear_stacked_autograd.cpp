@@ -1,0 +1,138 @@
+// soap_cuda-build: own translation unit (autograd and compiled-autograd headers are heavy)
+// fa_linear_stacked's autograd formula in C++, registered for every backend's Autograd key, as
+// fa_linear's and fa_conv's are (the same formula is registered from Python when the native
+// library is absent): a lean node (csrc/common/lean_node.h) whose backward is one
+// fa_linear_stacked_backward call asking only for the gradients autograd needs. B gets none:
+// the stacked models' feedback matrices are fixed or synced, never learned through this op.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/library.h>
+
+#include "../common/feedback_grads.h"
+#include "../common/lean_node.h"
+#include "fa_linear_stacked.h"
+
+namespace soap_cuda {
+namespace {
+
+using torch::autograd::SavedVariable;
+
+at::Tensor stacked_forward_op(const at::Tensor& input, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("soap_cuda::fa_linear_stacked", "")
+                       .typed<decltype(fa_linear_stacked_forward)>();
+  return op.call(input, weight, bias, b_matrix);
+}
+
+std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>>
+stacked_backward_op(const at::Tensor& grad_output, const at::Tensor& input,
+                    const at::Tensor& b_matrix, std::array<bool, 3> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("soap_cuda::fa_linear_stacked_backward", "")
+                       .typed<decltype(fa_linear_stacked_backward)>();
+  return op.call(grad_output, input, b_matrix, mask);
+}
+
+variable_list stacked_grads(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& b_matrix, bool has_bias,
+                            const std::vector<bool>& needed) {
+  variable_list out(4);
+  if (!grad_output.defined()) return out;
+  const std::array<bool, 3> mask{needed[0], needed[1], has_bias && needed[2]};
+  std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>>
+      grads;
+  if (at::GradMode::is_enabled()) {  // create_graph=True: record the backward op's own graph
+    grads = stacked_backward_op(grad_output, input, b_matrix, mask);
+  } else {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    grads = stacked_backward_op(grad_output, input, b_matrix, mask);
+  }
+  const auto take = [](c10::optional<at::Tensor>& t) { return t ? std::move(*t) : at::Tensor(); };
+  out[0] = take(std::get<0>(grads));
+  out[1] = take(std::get<1>(grads));
+  out[2] = take(std::get<2>(grads));
+  return out;
+}
+
+struct FALinearStackedBackward final : LeanNode<FALinearStackedBackward> {
+  static constexpr const char* kName = "SoapCudaFALinearStackedBackward";
+  SavedVariable input_, b_matrix_;
+  bool has_bias_ = false;
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stacked_grads(grads[0], input_.unpack(), b_matrix_.unpack(), has_bias_, needed());
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    b_matrix_.reset_data();
+  }
+
+  void collect(CompiledNodeArgs& args) const {
+    args.collect(input_, false);
+    args.collect(b_matrix_, false);
+    args.collect(has_bias_);
+  }
+
+  void swap(SwapSavedVariables& saved, bool before) {
+    if (before) {
+      saved.before(input_);
+      saved.before(b_matrix_);
+    } else {
+      saved.after(input_);
+      saved.after(b_matrix_);
+    }
+  }
+
+  void pack(PackedArgs& packed) const {
+    packed.pack(input_.unpack());
+    packed.pack(b_matrix_.unpack());
+    packed.pack(has_bias_);
+  }
+
+  static variable_list functional(const variable_list& grads, PackedArgs& packed,
+                                  const std::vector<bool>& needed) {
+    const auto input = packed.unpack<at::Tensor>();
+    const auto b_matrix = packed.unpack<at::Tensor>();
+    const bool has_bias = packed.unpack<bool>();
+    return stacked_grads(grads[0], input, b_matrix, has_bias, needed);
+  }
+};
+
+// B never gets a gradient here, so only input, weight and bias decide whether a node is built.
+bool stacked_records_graph(const at::Tensor& input, const at::Tensor& weight,
+                           const c10::optional<at::Tensor>& bias) {
+  return at::GradMode::is_enabled() &&
+         (input.requires_grad() || weight.requires_grad() ||
+          (bias.has_value() && bias->defined() && bias->requires_grad()));
+}
+
+at::Tensor fa_linear_stacked_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias,
+                                      const at::Tensor& b_matrix) {
+  at::Tensor output;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    output = stacked_forward_op(input, weight, bias, b_matrix);
+  }
+  if (!stacked_records_graph(input, weight, bias)) return output;
+  check_no_forward_ad("fa_linear_stacked", input, weight, bias, b_matrix);
+  auto node = c10::make_intrusive<FALinearStackedBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias, b_matrix));
+  node->input_ = SavedVariable(input, false);
+  node->b_matrix_ = SavedVariable(b_matrix, false);
+  node->has_bias_ = bias.has_value() && bias->defined();
+  torch::autograd::set_history(output, node);
+  return output;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(soap_cuda, Autograd, m) {
+  m.impl("fa_linear_stacked", &fa_linear_stacked_autograd);
+}
+
+}  // namespace soap_cuda
