@@ -301,7 +301,7 @@ class Runner:
         out = []
         for cfg_dict, _ in tasks:
             cfg = TrainConfig.from_dict(cfg_dict)
-            key = (cfg.dataset, cfg.data_dir, cfg.train_examples)
+            key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.val_fraction)
             if key not in sizes:  # the runs' own copy when they train here on the CPU
                 data = _data_for(cfg) if cfg.device == "cpu" else _load(cfg, "cpu")
                 sizes[key] = len(data.y_train)
