@@ -21,6 +21,7 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/csrc/dynamo/compiled_autograd.h>
 
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,49 @@ struct LeanNode : torch::autograd::Node {
     // the last packed value is `needed`; Derived unpacks everything before it in order
     const auto needed = args.back().toBoolList().vec();
     return Derived::functional(grads, packed, std::vector<bool>(needed.begin(), needed.end()));
+  }
+};
+
+// What the FA nodes (fa_conv, fa_linear_stacked) save: the input and B, and whether the layer
+// has a bias, with the saved-tensor handling that eager backward (release) and compiled
+// autograd (swap, collect, pack) need. Derived collects and packs its own arguments between
+// the saved tensors and has_bias_ (collect_saved / pack_saved, then its own, then has_bias_).
+template <class Derived>
+struct FeedbackNode : LeanNode<Derived> {
+  torch::autograd::SavedVariable input_, b_matrix_;
+  bool has_bias_ = false;
+
+  void save(const at::Tensor& input, const at::Tensor& b_matrix,
+            const c10::optional<at::Tensor>& bias) {
+    input_ = torch::autograd::SavedVariable(input, false);
+    b_matrix_ = torch::autograd::SavedVariable(b_matrix, false);
+    has_bias_ = bias.has_value() && bias->defined();
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(this->mutex_);
+    input_.reset_data();
+    b_matrix_.reset_data();
+  }
+
+  void swap(SwapSavedVariables& saved, bool before) {
+    if (before) {
+      saved.before(input_);
+      saved.before(b_matrix_);
+    } else {
+      saved.after(input_);
+      saved.after(b_matrix_);
+    }
+  }
+
+  void collect_saved(CompiledNodeArgs& args) const {
+    args.collect(input_, false);
+    args.collect(b_matrix_, false);
+  }
+
+  void pack_saved(PackedArgs& packed) const {
+    packed.pack(input_.unpack());
+    packed.pack(b_matrix_.unpack());
   }
 };
 

@@ -17,7 +17,6 @@
 namespace soap_cuda {
 namespace {
 
-using torch::autograd::SavedVariable;
 
 at::Tensor conv_forward_op(const at::Tensor& input, const at::Tensor& weight,
                            const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
@@ -66,11 +65,9 @@ variable_list conv_grads(const at::Tensor& grad_output, const at::Tensor& input,
   return variable_list(out.begin(), out.end());
 }
 
-struct FAConvBackward final : LeanNode<FAConvBackward> {
+struct FAConvBackward final : FeedbackNode<FAConvBackward> {
   static constexpr const char* kName = "SoapCudaFAConvBackward";
-  SavedVariable input_, b_matrix_;
   ConvGeometry geometry_;
-  bool has_bias_ = false;
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -78,15 +75,8 @@ struct FAConvBackward final : LeanNode<FAConvBackward> {
                       needed());
   }
 
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    input_.reset_data();
-    b_matrix_.reset_data();
-  }
-
   void collect(CompiledNodeArgs& args) const {
-    args.collect(input_, false);
-    args.collect(b_matrix_, false);
+    collect_saved(args);
     args.collect(geometry_.stride);
     args.collect(geometry_.padding);
     args.collect(geometry_.dilation);
@@ -94,19 +84,8 @@ struct FAConvBackward final : LeanNode<FAConvBackward> {
     args.collect(has_bias_);
   }
 
-  void swap(SwapSavedVariables& saved, bool before) {
-    if (before) {
-      saved.before(input_);
-      saved.before(b_matrix_);
-    } else {
-      saved.after(input_);
-      saved.after(b_matrix_);
-    }
-  }
-
   void pack(PackedArgs& packed) const {
-    packed.pack(input_.unpack());
-    packed.pack(b_matrix_.unpack());
+    pack_saved(packed);
     packed.pack(geometry_.stride);
     packed.pack(geometry_.padding);
     packed.pack(geometry_.dilation);
@@ -141,10 +120,8 @@ at::Tensor fa_conv_autograd(const at::Tensor& input, const at::Tensor& weight,
   check_no_forward_ad("fa_conv", input, weight, bias, b_matrix);
   auto node = c10::make_intrusive<FAConvBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias, b_matrix));
-  node->input_ = SavedVariable(input, false);
-  node->b_matrix_ = SavedVariable(b_matrix, false);
+  node->save(input, b_matrix, bias);
   node->geometry_ = {stride.vec(), padding.vec(), dilation.vec(), groups};
-  node->has_bias_ = bias.has_value() && bias->defined();
   torch::autograd::set_history(output, node);
   return output;
 }

@@ -15,7 +15,6 @@
 namespace soap_cuda {
 namespace {
 
-using torch::autograd::SavedVariable;
 
 at::Tensor stacked_forward_op(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
@@ -55,41 +54,21 @@ variable_list stacked_grads(const at::Tensor& grad_output, const at::Tensor& inp
   return out;
 }
 
-struct FALinearStackedBackward final : LeanNode<FALinearStackedBackward> {
+struct FALinearStackedBackward final : FeedbackNode<FALinearStackedBackward> {
   static constexpr const char* kName = "SoapCudaFALinearStackedBackward";
-  SavedVariable input_, b_matrix_;
-  bool has_bias_ = false;
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     return stacked_grads(grads[0], input_.unpack(), b_matrix_.unpack(), has_bias_, needed());
   }
 
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    input_.reset_data();
-    b_matrix_.reset_data();
-  }
-
   void collect(CompiledNodeArgs& args) const {
-    args.collect(input_, false);
-    args.collect(b_matrix_, false);
+    collect_saved(args);
     args.collect(has_bias_);
   }
 
-  void swap(SwapSavedVariables& saved, bool before) {
-    if (before) {
-      saved.before(input_);
-      saved.before(b_matrix_);
-    } else {
-      saved.after(input_);
-      saved.after(b_matrix_);
-    }
-  }
-
   void pack(PackedArgs& packed) const {
-    packed.pack(input_.unpack());
-    packed.pack(b_matrix_.unpack());
+    pack_saved(packed);
     packed.pack(has_bias_);
   }
 
@@ -122,9 +101,7 @@ at::Tensor fa_linear_stacked_autograd(const at::Tensor& input, const at::Tensor&
   check_no_forward_ad("fa_linear_stacked", input, weight, bias, b_matrix);
   auto node = c10::make_intrusive<FALinearStackedBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias, b_matrix));
-  node->input_ = SavedVariable(input, false);
-  node->b_matrix_ = SavedVariable(b_matrix, false);
-  node->has_bias_ = bias.has_value() && bias->defined();
+  node->save(input, b_matrix, bias);
   torch::autograd::set_history(output, node);
   return output;
 }
