@@ -31,6 +31,15 @@ def _leaves(*tensors):
     return [t.detach().clone().requires_grad_() for t in tensors]
 
 
+def _run_under_autocast(fn, x, weight, b, g, device, dtype) -> dict:
+    """fn(x, weight, b) under autocast, backward from g: the output and the three gradients."""
+    xs, ws, bs = _leaves(x, weight, b)
+    with torch.autocast(device, dtype=dtype):
+        y = fn(xs, ws, bs)
+    y.backward(g.to(y.dtype))
+    return {"y": y, "x": xs.grad, "w": ws.grad, "b": bs.grad}
+
+
 # --- results against float64 -------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", devices())
@@ -46,11 +55,7 @@ def test_fa_linear_error_is_at_most_twice_nn_linears(device, noncontiguous):
     want = {"y": x64 @ w64.t() + b64, "x": g64 @ B64, "w": g64.t() @ x64, "b": g64.sum(0)}
 
     def run(fn, weight):
-        xs, ws, bs = _leaves(x, weight, b)
-        with torch.autocast(device, dtype=dtype):
-            y = fn(xs, ws, bs)
-        y.backward(g.to(y.dtype))
-        return {"y": y, "x": xs.grad, "w": ws.grad, "b": bs.grad}
+        return _run_under_autocast(fn, x, weight, b, g, device, dtype)
 
     fa = run(lambda xs, ws, bs: soap_cuda.fa_linear(xs, ws, bs, B), w)
     assert fa["y"].dtype == dtype and fa["w"].dtype == torch.float32
@@ -76,11 +81,7 @@ def test_fa_conv_error_is_at_most_twice_nn_conv2ds(device):
             "w": nn_grad.conv2d_weight(x64, w.shape, g64, **geo), "b": g64.sum((0, 2, 3))}
 
     def run(fn, weight):
-        xs, ws, bs = _leaves(x, weight, b)
-        with torch.autocast(device, dtype=dtype):
-            y = fn(xs, ws, bs)
-        y.backward(g.to(y.dtype))
-        return {"y": y, "x": xs.grad, "w": ws.grad, "b": bs.grad}
+        return _run_under_autocast(fn, x, weight, b, g, device, dtype)
 
     fa = run(lambda xs, ws, bs: soap_cuda.fa_conv(xs, ws, bs, B, stride, padding, dilation,
                                                   groups), w)
