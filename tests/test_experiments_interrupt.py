@@ -100,5 +100,7 @@ def test_interrupts_end_every_process_and_resume_exactly(references, tmp_path):
         assert _runs(out) == references[jobs], f"trial {trial} (--jobs {jobs})"
         assert not list((out / "runs" / ".stacked").glob("*"))  # nothing left to resume
     # The bound is communicate's 15 s (a hang, not a speed, is the failure): on an idle 2-core
-    # machine the exit takes 0.4 to 1.6 s, but a loaded one has taken 10 s to tear torch down.
+    # machine an interrupted sweep exits in 0.4 to 1.6 s; a Ctrl-C that lands after the tiny
+    # sweep has finished (exit 0, SIGINT already ignored) waits for the interpreter's teardown,
+    # which a loaded machine has stretched to 10 s.
     print("exit after Ctrl-C (s):", [round(t, 2) for t in timings])
