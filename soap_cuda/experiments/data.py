@@ -317,7 +317,7 @@ def load_dataset(name: str = "mnist5k", data_dir: str | os.PathLike | None = Non
                  "1,797 real 8x8 digits from scikit-learn (UCI optdigits)")
                 + f", {len(tr):,} train / {len(te):,} test")
     elif name == "cifar10":
-        root = Path(data_dir if data_dir is not None else "data").expanduser()
+        root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
         if download:
             _download_cifar(root)
         xtr, ytr, xte, yte = _cifar_batches(root)

@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
-from .models import SYNCED_RULES
 from .data import load_dataset
+from .models import SYNCED_RULES
 from .runs import RunStore, is_complete, run_path
 from .stats import best_lr, extend_grid, mean_ci
+from .sweep import forget_units
 
 # BioTorch's LeNet table (Benchmarks.md of the BioTorch repository): top-1 test error %, the
 # model of best validation accuracy. Its names: uSF = scaled_sign, frSF = rescaled_sign,
@@ -166,8 +167,7 @@ def reproduce(preset_name: str, out_dir: str | Path, opts: Options, runner) -> d
     seeds = list(range(opts.seeds))
     store = run_all([(r, chosen[r], s) for r in rules for s in seeds], out, epochs, False,
                     "table")
-    for stale in (out / "runs" / ".stacked").glob("*"):  # every unit finished: none resumes
-        stale.unlink(missing_ok=True)
+    forget_units(out)
     rows = []
     for r in rules:
         finals = [store.final(r, chosen[r], s) for s in seeds]

@@ -36,8 +36,9 @@ from .runs import RunStore, is_complete, run_path
 from .stats import best_lr, extend_grid
 
 # TrainConfig fields a sweep shares across all its runs.
-BASE_FIELDS = ("model", "lr_drops", "hidden", "epochs", "batch_size", "sync_every", "sync_at_start", "activation",
-               "dataset", "data_dir", "download", "train_examples", "test_examples", "val_fraction", "eval_every",
+BASE_FIELDS = ("model", "lr_drops", "hidden", "epochs", "batch_size", "sync_every",
+               "sync_at_start", "activation", "dataset", "data_dir", "download",
+               "train_examples", "test_examples", "val_fraction", "eval_every",
                "eval_examples", "align_every", "probe_examples", "momentum", "weight_decay", "device")
 
 
@@ -131,11 +132,12 @@ def _worker_init(threads: int, queue) -> None:
 
 
 @contextlib.contextmanager
-def _workers_ignore_sigint():
-    """While the pool spawns workers (submit does): an ignored SIGINT is the one disposition a
-    new process inherits, so a Ctrl-C that lands while a worker still imports torch, before
-    _worker_init runs, leaves it alone (the main process ends it) instead of printing a
-    traceback. Ignored in the main process for these milliseconds too."""
+def _sigint_ignored():
+    """SIGINT ignored in this process for the block (a no-op off the main thread). While the
+    pool spawns workers (submit does): an ignored SIGINT is the one disposition a new process
+    inherits, so a Ctrl-C that lands while a worker still imports torch, before _worker_init
+    runs, leaves it alone (the main process ends it) instead of printing a traceback. While
+    workers are being ended: a second Ctrl-C changes nothing."""
     try:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread
@@ -155,6 +157,7 @@ def _load(cfg: TrainConfig, device: str):
 
 
 def _data_for(cfg: TrainConfig):
+    """`cfg`'s data set on its device, prepared once per process (the runs share it)."""
     key = (cfg.dataset, cfg.data_dir, cfg.train_examples, cfg.test_examples, cfg.device,
            cfg.pad_to, cfg.val_fraction)
     if key not in _WORKER_DATA:  # each process prepares a data set once per sweep
@@ -168,6 +171,13 @@ def group_checkpoint(out: Path, tasks: list[tuple[dict, str]]) -> Path:
     key = json.dumps(sorted((p, cfg) for cfg, p in tasks), sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return Path(out) / "runs" / ".stacked" / f"{digest}.pt"
+
+
+def forget_units(out: Path) -> None:
+    """Every unit run from OUT has finished: the plans and checkpoints left under
+    OUT/runs/.stacked/ belong to none, and no later run may resume them."""
+    for stale in (Path(out) / "runs" / ".stacked").glob("*"):
+        stale.unlink(missing_ok=True)
 
 
 def _run_task(tasks: list[tuple[dict, str]], unit: int | None = None, checkpoint=None,
@@ -272,11 +282,7 @@ class Runner:
     def stop_workers(self) -> None:
         """End every worker now (an interrupt or an error): terminate, then kill what is left
         after a moment; never wait for their work. A second Ctrl-C meanwhile is ignored."""
-        try:
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:  # not the main thread: no handler to swap
-            previous = None
-        try:
+        with _sigint_ignored():
             # the executor has no public way to end its workers: its own process table
             procs = list((getattr(self.pool, "_processes", None) or {}).values())
             for p in procs:
@@ -291,9 +297,6 @@ class Runner:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.queue.cancel_join_thread()
             self.queue.close()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
 
     def _planned_examples(self, tasks: list[tuple[dict, str]]) -> list[int]:
         """Each task's training examples: its epochs times its training set's size."""
@@ -356,7 +359,7 @@ class Runner:
                 finished(uid, _run_task(unit, uid, self._checkpoint(unit),
                                         on_step=lambda ex, uid=uid: advance(uid, ex, 1)))
         else:
-            with _workers_ignore_sigint():
+            with _sigint_ignored():
                 futures = {self.pool.submit(_run_task, unit, uid, self._checkpoint(unit)): uid
                            for uid, unit in mine}
             while futures:
@@ -508,9 +511,8 @@ class Sweep:
                 gm.append(Arm(gain_matched_label(r), "bp", "sgd", list(src.lrs), gain_of=r))
             self._run_arms(gm, runner, "gain-matched backprop")
             self.arms = sgd + gm + adam  # the report's order
-        if ranks.rank() == 0:  # every unit finished: plans and checkpoints left belong to none
-            for stale in (self.out / "runs" / ".stacked").glob("*"):
-                stale.unlink(missing_ok=True)
+        if ranks.rank() == 0:
+            forget_units(self.out)
         stacked = [u for u in runner.units if u > 1]
         total = sum(len(a.lrs) for a in self.arms) * len(self.seeds)
         self.execution = {"mode": "batched" if self.batched else "sequential",
