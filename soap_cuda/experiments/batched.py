@@ -37,9 +37,9 @@ from .batched_conv import StackedConvNet
 from .batched_dfa import dfa_output
 from .batched_soap import StackedSOAP
 from .stacked_rules import StackedRules, sync_proxies
-from . import train as _train
-from .train import (_epoch_order, _save_checkpoint, _Writer, aligns_at, diverged_by_loss,
-                    eval_subsets, final_record, run_environment)
+from .train import (CheckpointClock, _epoch_order, _save_checkpoint, _Writer, aligns_at,
+                    diverged_by_loss, diverged_eval, eval_subsets, final_record,
+                    run_environment)
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa", "soap")
@@ -426,16 +426,10 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                for p, r in zip(out_paths, records)]
     live = torch.tensor(alive, dtype=torch.bool, device=device)  # alive, on the device
     t0 = time.perf_counter() - elapsed0
-    last_checkpoint = time.perf_counter()
-
-    def checkpoint_due() -> bool:
-        if ckpt is None:
-            return False
-        if checkpoint_every_evals is not None:
-            return pos["evals"] % checkpoint_every_evals == 0
-        return time.perf_counter() - last_checkpoint >= _train.CHECKPOINT_INTERVAL_S
+    clock = CheckpointClock(checkpoint_every_evals)
 
     def checkpoint() -> None:
+        clock.written()
         _save_checkpoint(ckpt, {
             "version": STACK_CHECKPOINT_VERSION, "tasks": tasks, "net": _net_state(net),
             "optimizer": _optimizer_state(opt),
@@ -465,10 +459,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             rec = {"kind": "eval", "examples": examples, "step": step, "epoch": examples / n,
                    "batch_loss": loss_sum[k] / loss_n[k] if loss_n[k] else None}
             if diverged[k]:
-                rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
-                           test_acc=None, layers={})
-                if on.has_validation:
-                    rec.update(val_loss=math.inf, val_acc=None)
+                rec.update(diverged_eval(on.has_validation))
             else:
                 rec.update(train_loss=train_loss[k], train_acc=train_acc[k],
                            test_loss=test_loss[k], test_acc=test_acc[k])
@@ -575,9 +566,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                     if records[k][-1].get("diverged"):
                         diverged[k] = True
                         finish([k])
-                if checkpoint_due():
+                if ckpt is not None and clock.due(pos["evals"]):
                     checkpoint()
-                    last_checkpoint = time.perf_counter()
         if pos["batch"] * cfg0.batch_size >= n:
             pos["epoch"] += 1
             pos["batch"] = 0

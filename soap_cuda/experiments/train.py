@@ -104,6 +104,33 @@ def evaluate(model, data: Dataset, probe: tuple[torch.Tensor, torch.Tensor],
         model.train(was_training)
 
 
+def diverged_eval(has_validation: bool) -> dict:
+    """What an evaluation of a diverged run records: infinite losses, no accuracies."""
+    fields = dict(train_loss=math.inf, test_loss=math.inf, train_acc=None, test_acc=None,
+                  layers={})
+    if has_validation:
+        fields.update(val_loss=math.inf, val_acc=None)
+    return fields
+
+
+class CheckpointClock:
+    """When a run (or a stack of runs) writes its checkpoint at an evaluation: every
+    `every_evals` evaluations if given, else at the first evaluation CHECKPOINT_INTERVAL_S or
+    more after the last checkpoint (so short runs pay for one, at their end)."""
+
+    def __init__(self, every_evals: int | None = None):
+        self.every_evals = every_evals
+        self.last = time.perf_counter()
+
+    def due(self, evals: int) -> bool:
+        if self.every_evals is not None:
+            return evals % self.every_evals == 0
+        return time.perf_counter() - self.last >= CHECKPOINT_INTERVAL_S
+
+    def written(self) -> None:
+        self.last = time.perf_counter()
+
+
 def aligns_at(evaluation: int, align_every: int) -> bool:
     """Whether the evaluation numbered `evaluation` (0 = the first) measures alignment: each of
     the first `align_every`, where the angles move fastest, then every `align_every`-th."""
@@ -300,10 +327,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                "batch_loss": (pos["batch_loss_sum"] / pos["batch_loss_n"]
                               if pos["batch_loss_n"] else None)}
         if diverged:
-            rec.update(train_loss=math.inf, test_loss=math.inf, train_acc=None,
-                       test_acc=None, layers={})
-            if data.has_validation:
-                rec.update(val_loss=math.inf, val_acc=None)
+            rec.update(diverged_eval(data.has_validation))
         else:
             on = final_data if final else eval_data
             align = final or aligns_at(pos["evals"], cfg.align_every)
@@ -317,17 +341,12 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         writer.write(rec)
         return rec
 
-    last_checkpoint = [time.perf_counter()]
-
-    def checkpoint_due() -> bool:
-        if checkpoint_every_evals is not None:
-            return pos["evals"] % checkpoint_every_evals == 0
-        return time.perf_counter() - last_checkpoint[0] >= CHECKPOINT_INTERVAL_S
+    clock = CheckpointClock(checkpoint_every_evals)
 
     def checkpoint() -> None:
         if ckpt is None:
             return
-        last_checkpoint[0] = time.perf_counter()
+        clock.written()
         _save_checkpoint(ckpt, {
             "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "rng_cpu": torch.get_rng_state(),
@@ -406,7 +425,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
                 if rec.get("diverged"):
                     diverged = True
                     break
-                if checkpoint_due():
+                if clock.due(pos["evals"]):
                     checkpoint()
         if pos["batch"] * cfg.batch_size >= n:
             pos["epoch"] += 1
