@@ -6,6 +6,7 @@ from torch import Tensor
 
 from . import func_transforms
 from . import ops  # noqa: F401  (makes torch.ops.soap_cuda complete)
+from .ops.autocast import cast as _autocast
 
 
 _fa_linear_op = torch.ops.soap_cuda.fa_linear.default
@@ -17,24 +18,13 @@ _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 _transforms_active = func_transforms.transforms_active
 
 
-def _autocast_dtype(input: Tensor):
-    device_type = input.device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _autocast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    # autocast's own eligibility rule (ATen's cached_cast): floating tensors other than float64
-    return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
-
-
 def _cast_for_autocast(input, weight, bias, b_matrix):
-    dtype = _autocast_dtype(input)
-    if dtype is None:
+    """The operands as the op's autocast kernel would cast them (ops/autocast.py's rule)."""
+    device_type = input.device.type
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return input, weight, bias, b_matrix
-    return (_autocast(input, dtype), _autocast(weight, dtype),
-            _autocast(bias, dtype) if bias is not None else None, _autocast(b_matrix, dtype))
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(_autocast(t, device_type, dtype) for t in (input, weight, bias, b_matrix))
 
 
 def fa_linear(input: Tensor, weight: Tensor, bias: Tensor | None, b_matrix: Tensor) -> Tensor:

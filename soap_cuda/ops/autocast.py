@@ -10,7 +10,9 @@ from .. import _library
 _KEYS = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}
 
 
-def _cast(value, device_type, dtype):
+def cast(value, device_type, dtype):
+    """`value` in `dtype` if autocast casts it (ATen's rule: a floating tensor on the autocast
+    device, not float64), else as it is (None and non-tensors too)."""
     if isinstance(value, torch.Tensor) and value.is_floating_point() \
             and value.dtype != torch.float64 and value.device.type == device_type:
         return value.to(dtype)
@@ -25,6 +27,6 @@ def register(name: str) -> None:
         def kernel(*args, device_type=device_type, excluded=excluded):
             dtype = torch.get_autocast_dtype(device_type)
             with torch._C._ExcludeDispatchKeyGuard(excluded):
-                return op(*(_cast(a, device_type, dtype) for a in args))
+                return op(*(cast(a, device_type, dtype) for a in args))
 
         _library._impl_lib.impl(name, kernel, key)
