@@ -8,8 +8,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include "../fa_conv/fa_conv.h"
-#include "../fa_linear/fa_linear.h"
+#include "../common/op_handles.h"
 #include "cast.h"
 
 namespace at::autocast {  // from ATen/autocast_mode.h (see cast.cpp)
@@ -27,12 +26,9 @@ constexpr c10::DispatchKey autocast_key(c10::DeviceType device) {
 template <c10::DeviceType device>
 at::Tensor fa_linear_autocast(const at::Tensor& input, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("soap_cuda::fa_linear", "")
-                       .typed<decltype(fa_linear_forward)>();
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key(device));
   const at::ScalarType to = at::autocast::get_autocast_dtype(device);
-  return op.call(autocast_cast(input, to, device), autocast_cast(weight, to, device),
+  return fa_linear_op().call(autocast_cast(input, to, device), autocast_cast(weight, to, device),
                  autocast_cast(bias, to, device), feedback_cast(b_matrix, to, device));
 }
 
@@ -41,12 +37,9 @@ at::Tensor fa_conv_autocast(const at::Tensor& input, const at::Tensor& weight,
                             const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("soap_cuda::fa_conv", "")
-                       .typed<decltype(fa_conv_forward)>();
   c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key(device));
   const at::ScalarType to = at::autocast::get_autocast_dtype(device);
-  return op.call(autocast_cast(input, to, device), autocast_cast(weight, to, device),
+  return fa_conv_op().call(autocast_cast(input, to, device), autocast_cast(weight, to, device),
                  autocast_cast(bias, to, device), feedback_cast(b_matrix, to, device), stride,
                  padding, dilation, groups);
 }

@@ -12,21 +12,11 @@
 
 #include "../common/feedback_grads.h"
 #include "../common/lean_node.h"
+#include "../common/op_handles.h"
 #include "fa_conv.h"
 
 namespace soap_cuda {
 namespace {
-
-
-at::Tensor conv_forward_op(const at::Tensor& input, const at::Tensor& weight,
-                           const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix,
-                           at::IntArrayRef stride, at::IntArrayRef padding,
-                           at::IntArrayRef dilation, int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("soap_cuda::fa_conv", "")
-                       .typed<decltype(fa_conv_forward)>();
-  return op.call(input, weight, bias, b_matrix, stride, padding, dilation, groups);
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_op(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& b_matrix,
@@ -114,7 +104,7 @@ at::Tensor fa_conv_autograd(const at::Tensor& input, const at::Tensor& weight,
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    output = conv_forward_op(input, weight, bias, b_matrix, stride, padding, dilation, groups);
+    output = fa_conv_op().call(input, weight, bias, b_matrix, stride, padding, dilation, groups);
   }
   if (!records_graph(input, weight, bias, b_matrix)) return output;
   check_no_forward_ad("fa_conv", input, weight, bias, b_matrix);

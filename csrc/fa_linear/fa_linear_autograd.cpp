@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "../common/feedback_grads.h"
+#include "../common/op_handles.h"
 #include "fa_linear.h"
 
 namespace soap_cuda {
@@ -21,10 +22,7 @@ using torch::autograd::variable_list;
 
 at::Tensor call_forward(const at::Tensor& input, const at::Tensor& weight,
                         const c10::optional<at::Tensor>& bias, const at::Tensor& b_matrix) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("soap_cuda::fa_linear", "")
-                       .typed<decltype(fa_linear_forward)>();
-  return op.call(input, weight, bias, b_matrix);
+  return fa_linear_op().call(input, weight, bias, b_matrix);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_backward(const at::Tensor& grad_output,
