@@ -60,9 +60,14 @@ step() {  # step NAME LIMIT_S COMMAND...
     return
   fi
   echo "=== $name (limit ${limit}s): $*" | tee -a "$log"
-  local start=$SECONDS rc status
-  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  local start=$SECONDS rc status step_log
+  step_log=$(mktemp)
+  timeout --kill-after=10 "$limit" "$@" >"$step_log" 2>&1
   rc=$?
+  cat "$step_log" >>"$log"
+  # a failure's own output on the console too (CI keeps only that): its last 80 lines
+  if ((rc != 0)); then echo "--- the last 80 lines of $name's output:"; tail -n 80 "$step_log"; fi
+  rm -f "$step_log"
   if ((rc == 0)); then status="ok"
   elif ((rc == 124 || rc == 137)); then status="TIMED OUT after ${limit}s"; failed=1
   elif ((rc == sanitizer_exit)); then status="SANITIZER ERRORS (exit $rc)"; failed=1

@@ -436,8 +436,20 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _interrupt_once(signum, frame):
+    """SIGINT's handler while a command runs: the first Ctrl-C raises KeyboardInterrupt and
+    ignores every later one, so an impatient second press cannot interrupt the clean-up (or the
+    message) that the first started."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = None
+    try:
+        previous = signal.signal(signal.SIGINT, _interrupt_once)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -451,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}{' ' + command if command else ''}: interrupted; {_interrupted(args)}",
               file=sys.stderr)
         return 130
+    finally:
+        if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run(args) -> int:

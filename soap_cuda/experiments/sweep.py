@@ -295,6 +295,12 @@ class Runner:
                     p.kill()
                     p.join(1.0)
             self.pool.shutdown(wait=False, cancel_futures=True)
+            # The executor's manager thread closes its wake-up pipe as it sees the workers gone;
+            # if that lands while the interpreter's exit hook writes to the pipe, Python 3.11
+            # prints an EBADF traceback at exit. Waiting for the thread here closes that window.
+            manager = getattr(self.pool, "_executor_manager_thread", None)
+            if manager is not None:
+                manager.join(3.0)
             self.queue.cancel_join_thread()
             self.queue.close()
 
