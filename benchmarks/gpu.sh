@@ -17,7 +17,7 @@
 #   report 50 s [150] | overhead 15 s [60] | sweep-speed, the default sweep stacked and
 #   --sequential, then a short LeNet-5 sweep both ways (not yet timed on a GPU) [200] | other-tests, the whole CPU suite, about 200 s
 #   (140 s for its first third, which includes the torch.compile tests) [240; 600 in a dry run, without the slow tests]. The steps share a
-#   480 s budget (GPU_SH_BUDGET); a step gets what is left, at most its own limit, so a slow
+#   480 s budget (GPU_SH_BUDGET; 1200 s in a dry run, which spends no device time); a step gets what is left, at most its own limit, so a slow
 #   CPU suite is cut before it can starve the figures.
 #
 # Test selection: tests/conftest.py marks `cuda` every test whose name or parameters say cuda.
