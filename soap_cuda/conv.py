@@ -74,12 +74,9 @@ class _FAConvNd(FeedbackLayerMixin):
         return geometry
 
     def forward(self, input: Tensor) -> Tensor:
-        # FALinear's hot path: the schedule test inline, parameters and B from the module's
-        # dicts (nn.Module.__getattr__ costs ~0.5 us a call), the geometry from its cache.
-        if self.training and (self.sync_every is not None or self.sync_at_start) \
-                and not self.schedule_paused and torch.is_grad_enabled():
-            self._advance_schedule(input.shape[0] if input.dim() == len(self.kernel_size) + 2
-                                   else 1)
+        # FALinear's hot path: parameters and B from the module's dicts (nn.Module.__getattr__
+        # costs ~0.5 us a call), the geometry from its cache.
+        self._count_batch(input, len(self.kernel_size) + 2)
         params = self._parameters
         weight = params.get("weight")
         if weight is None:  # parametrized: the attribute finds it

@@ -34,6 +34,12 @@ class _Tape:
     layers: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
+    # per input: None (one model), or a stacked layout (soap_cuda.stacked): MODELS_FIRST, an
+    # input (M, N, ...), or CHANNELS, the models' channels side by side (N, M * C, ...)
+    layouts: list = field(default_factory=list)
+
+
+MODELS_FIRST, CHANNELS = "models_first", "channels"
 
 
 def xavier_std(b_matrix: Tensor) -> float:
@@ -63,8 +69,9 @@ def dfa_shape(layer, dfa_outputs, dfa_input_shape=None) -> tuple[int, int]:
     return int(dfa_outputs), math.prod(shape)
 
 
-def record(layer, input: Tensor, output: Tensor) -> None:
-    """A DFA layer's forward under grad: put (layer, input, output) on the running tape."""
+def record(layer, input: Tensor, output: Tensor, layout: str | None = None) -> None:
+    """A DFA layer's forward under grad: put (layer, input, output) on the running tape;
+    `layout` for a stacked layer (see _Tape)."""
     if not _TAPES:
         raise RuntimeError(f"{type(layer).__name__}(feedback='dfa') ran outside a model set up "
                            "for direct feedback alignment: call soap_cuda.enable_dfa(model) on "
@@ -74,6 +81,7 @@ def record(layer, input: Tensor, output: Tensor) -> None:
     tape.layers.append(layer)
     tape.inputs.append(input)
     tape.outputs.append(output)
+    tape.layouts.append(layout)
 
 
 def _open_tape(model, args) -> None:
@@ -93,32 +101,41 @@ def _close_tape(model, args, output):
             "output layer too")
     out = output.shape[-1] if output.dim() else 0
     rows = output.numel() // out if out else 0
-    grads, matrices = [], []
-    for layer, x in zip(tape.layers, tape.inputs):
-        b = layer.b_matrix
-        if b.shape[0] != out:
+    grads, matrices, layouts = [], [], []
+    for layer, x, layout in zip(tape.layers, tape.inputs, tape.layouts):
+        b = layer.b_matrix  # (out, k), or (M, out, k) for a stacked layer
+        if b.shape[-2] != out:
             raise RuntimeError(f"{type(layer).__name__}(feedback='dfa') has b_matrix "
                                f"{tuple(b.shape)} but the network's output size is {out}")
         if not x.requires_grad:
             continue  # the network's input: no error needed
-        if x.numel() != rows * b.shape[1]:
+        if x.numel() != rows * b.shape[-1]:
             raise RuntimeError(f"{type(layer).__name__}(feedback='dfa'): its input "
                                f"{tuple(x.shape)} is not {rows} rows of b_matrix's "
-                               f"{b.shape[1]} (the network output has {rows} rows of {out})")
+                               f"{b.shape[-1]} (the network output has {rows} rows of {out})")
         grads.append(x)
         matrices.append(b)
+        layouts.append(layout)
     if not grads:
         return None
-    return _DFAOutput.apply(output, len(grads), *grads, *matrices)
+    return _DFAOutput.apply(output, len(grads), tuple(layouts), *grads, *matrices)
+
+
+def _project(error: Tensor, matrices: list[Tensor]) -> Tensor:
+    """e @ cat(B's): (rows, sum of k) for one model (the native op), or (M, N, sum of k) for a
+    stacked network's error (M, N, out) and B's (M, out, k), one batched GEMM."""
+    if matrices[0].dim() == 3:
+        return torch.bmm(error, torch.cat(matrices, dim=2))
+    return torch.ops.soap_cuda.dfa_project(error, matrices)
 
 
 class _DFAOutput(torch.autograd.Function):
     """Identity on the network output; its backward gives every recorded input e @ B_i."""
 
     @staticmethod
-    def forward(ctx, output, count, *tensors):
+    def forward(ctx, output, count, layouts, *tensors):
         inputs, matrices = tensors[:count], tensors[count:]
-        ctx.count = count
+        ctx.count, ctx.layouts = count, layouts
         ctx.input_meta = [(x.shape, x.dtype) for x in inputs]
         ctx.save_for_backward(*matrices)
         return output.view_as(output)
@@ -126,13 +143,16 @@ class _DFAOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, error):
         matrices = [b.to(error.dtype) for b in ctx.saved_tensors]
-        projected = torch.ops.soap_cuda.dfa_project(error, matrices)
+        projected = _project(error, matrices)
         grads, start = [], 0
-        for (shape, dtype), b in zip(ctx.input_meta, matrices):
-            k = b.shape[1]
-            grads.append(projected[:, start:start + k].reshape(shape).to(dtype))
+        for (shape, dtype), b, layout in zip(ctx.input_meta, matrices, ctx.layouts):
+            k = b.shape[-1]
+            grad = projected[..., start:start + k]
+            if layout == CHANNELS:  # (M, N, k) -> (N, M, k): the models' channels side by side
+                grad = grad.transpose(0, 1)
+            grads.append(grad.reshape(shape).to(dtype))
             start += k
-        return (error, None, *grads, *([None] * ctx.count))
+        return (error, None, None, *grads, *([None] * ctx.count))
 
 
 def enable_dfa(model: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ from torch.nn import init
 
 from . import dfa
 from . import feedback as fb
+from . import schedule
 
 _EXTRA_KEYS = ("b_init", "b_init_norm", "_extra_state")
 
@@ -29,18 +30,6 @@ def _compiler_disabled(fn):
             return disabled(*args, **kwargs)
         return fn(*args, **kwargs)
     return call
-
-
-# Set (to 1) by code whose process group is not a data-parallel one (a sweep spread over ranks:
-# soap_cuda/experiments/ranks.py), so that the schedule counts this process's examples only.
-WORLD_SIZE_OVERRIDE: int | None = None
-
-
-def world_size() -> int:
-    if WORLD_SIZE_OVERRIDE is not None:
-        return WORLD_SIZE_OVERRIDE
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class FeedbackLayerMixin:
@@ -131,16 +120,15 @@ class FeedbackLayerMixin:
         rule = self.feedback_override or self.feedback
         return self.weight.detach() if rule == "bp" else self.b_matrix
 
+    def _count_batch(self, input: Tensor, batched_dim: int) -> None:
+        """The schedule's step of a forward pass (`batched_dim`: the input's rank when it
+        carries a batch; otherwise it is one example)."""
+        if schedule.counts(self, schedule.has_schedule(self)):
+            self._advance_schedule(input.shape[0] if input.dim() >= batched_dim else 1)
+
     @_compiler_disabled
     def _advance_schedule(self, batch: int) -> None:
-        before = self.examples_seen
-        # straight into the instance dict (a plain int): nn.Module.__setattr__ costs ~1 us a
-        # call, on every counted forward
-        self.__dict__["examples_seen"] = before + batch * world_size()
-        first = self.sync_at_start and before == 0 and self.sync_count == 0
-        crossed = self.sync_every is not None and \
-            self.examples_seen // self.sync_every > before // self.sync_every
-        if first or crossed:
+        if schedule.advance(self, batch):
             self.sync_now()
 
     def sync_now(self) -> None:

@@ -69,9 +69,7 @@ class FALinear(FeedbackLayerMixin, nn.Module):
         self.sync_count = 0
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.training and (self.sync_every is not None or self.sync_at_start) \
-                and not self.schedule_paused and torch.is_grad_enabled():
-            self._advance_schedule(input.shape[0] if input.dim() > 1 else 1)
+        self._count_batch(input, 2)
         # The dicts directly: nn.Module.__getattr__ costs ~0.5 us a call on this hot path. A
         # parametrized or weight-normed layer keeps weight/bias elsewhere: the attribute finds it.
         params = self._parameters

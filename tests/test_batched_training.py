@@ -249,17 +249,15 @@ def test_a_diverging_conv_model_does_not_disturb_the_others(float64, mnist32_64)
 def test_the_alignment_probe_in_passes_measures_what_one_pass_does(float64, mnist32_64):
     """A stack of large models measures alignment a few probe examples at a time (evaluation
     mode: each example's error signal is its own); the angles and norm ratios are the same."""
-    from soap_cuda.experiments.batched import _alignment
-    from soap_cuda.experiments.batched_conv import StackedConvNet
+    from soap_cuda.experiments.batched import build_stack
+    from soap_cuda.stacked import alignment
 
     cfgs = [TrainConfig(**{**CONV_BASE, **r, "model": "lenet"}) for r in LENET_RUNS[:4]]
-    net = StackedConvNet(cfgs, mnist32_64)
+    net = build_stack(cfgs, mnist32_64)
     net.train(False)
     probe = (mnist32_64.x_train[:10], mnist32_64.y_train[:10])
-    net.probe_chunk = 10
-    whole = _alignment(net, probe)
-    net.probe_chunk = 3  # passes of 3, 3, 3 and 1 examples
-    parts = _alignment(net, probe)
+    whole = alignment(net, *probe, chunk=10)
+    parts = alignment(net, *probe, chunk=3)  # passes of 3, 3, 3 and 1 examples
     for one, split in zip(whole, parts):
         for layer, metrics in one.items():
             for key, value in metrics.items():

@@ -2,8 +2,9 @@
 // fa_linear_stacked's autograd formula in C++, registered for every backend's Autograd key, as
 // fa_linear's and fa_conv's are (the same formula is registered from Python when the native
 // library is absent): a lean node (csrc/common/lean_node.h) whose backward is one
-// fa_linear_stacked_backward call asking only for the gradients autograd needs. B gets none:
-// the stacked models' feedback matrices are fixed or synced, never learned through this op.
+// fa_linear_stacked_backward call asking only for the gradients autograd needs. B gets a
+// gradient only when it requires one (Kolen-Pollack: W's, csrc/common/feedback_grads.h, the
+// rule fa_linear and fa_conv follow).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/library.h>
@@ -36,22 +37,20 @@ stacked_backward_op(const at::Tensor& grad_output, const at::Tensor& input,
 variable_list stacked_grads(const at::Tensor& grad_output, const at::Tensor& input,
                             const at::Tensor& b_matrix, bool has_bias,
                             const std::vector<bool>& needed) {
-  variable_list out(4);
-  if (!grad_output.defined()) return out;
-  const std::array<bool, 3> mask{needed[0], needed[1], has_bias && needed[2]};
+  const WantedGrads wanted{needed[0], needed[1], has_bias && needed[2], needed[3]};
+  if (!grad_output.defined()) return variable_list(4);
   std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>>
       grads;
   if (at::GradMode::is_enabled()) {  // create_graph=True: record the backward op's own graph
-    grads = stacked_backward_op(grad_output, input, b_matrix, mask);
+    grads = stacked_backward_op(grad_output, input, b_matrix, wanted.mask());
   } else {
     at::AutoDispatchBelowADInplaceOrView guard;
-    grads = stacked_backward_op(grad_output, input, b_matrix, mask);
+    grads = stacked_backward_op(grad_output, input, b_matrix, wanted.mask());
   }
   const auto take = [](c10::optional<at::Tensor>& t) { return t ? std::move(*t) : at::Tensor(); };
-  out[0] = take(std::get<0>(grads));
-  out[1] = take(std::get<1>(grads));
-  out[2] = take(std::get<2>(grads));
-  return out;
+  const auto out = wanted.outputs(
+      {take(std::get<0>(grads)), take(std::get<1>(grads)), take(std::get<2>(grads))});
+  return variable_list(out.begin(), out.end());
 }
 
 struct FALinearStackedBackward final : FeedbackNode<FALinearStackedBackward> {
@@ -81,14 +80,6 @@ struct FALinearStackedBackward final : FeedbackNode<FALinearStackedBackward> {
   }
 };
 
-// B never gets a gradient here, so only input, weight and bias decide whether a node is built.
-bool stacked_records_graph(const at::Tensor& input, const at::Tensor& weight,
-                           const c10::optional<at::Tensor>& bias) {
-  return at::GradMode::is_enabled() &&
-         (input.requires_grad() || weight.requires_grad() ||
-          (bias.has_value() && bias->defined() && bias->requires_grad()));
-}
-
 at::Tensor fa_linear_stacked_autograd(const at::Tensor& input, const at::Tensor& weight,
                                       const c10::optional<at::Tensor>& bias,
                                       const at::Tensor& b_matrix) {
@@ -97,7 +88,7 @@ at::Tensor fa_linear_stacked_autograd(const at::Tensor& input, const at::Tensor&
     at::AutoDispatchBelowADInplaceOrView guard;
     output = stacked_forward_op(input, weight, bias, b_matrix);
   }
-  if (!stacked_records_graph(input, weight, bias)) return output;
+  if (!records_graph(input, weight, bias, b_matrix)) return output;
   check_no_forward_ad("fa_linear_stacked", input, weight, bias, b_matrix);
   auto node = c10::make_intrusive<FALinearStackedBackward>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias, b_matrix));

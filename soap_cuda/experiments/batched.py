@@ -1,7 +1,6 @@
-"""Many training runs as one stacked model: the runs of a sweep that share an MLP architecture,
-data and schedule train together, every weight, bias, feedback matrix and optimizer state
-carrying a leading model dimension. Each layer of all the models is one `fa_linear_stacked`
-call (a batched GEMM), each feedback sync one `feedback_sync_` call for every model and layer.
+"""A sweep's runs as one stacked model (soap_cuda.stacked): the runs that share an
+architecture, data and schedule train together, every weight, bias, feedback matrix and
+optimizer state carrying a leading model dimension, each layer of all the models one batched op.
 
 Each model is its own run: it is built exactly as `train()` builds it (same seed, same
 initialisation and feedback matrices), reads its own data order, has its own rule, learning
@@ -9,47 +8,37 @@ rate, per-layer learning-rate scales, momentum, weight decay or Adam state, and 
 records to its own file; in float64 its curves equal the sequential run's to rounding. A model
 whose loss stops being finite is recorded as diverged, zeroed and frozen; the others go on.
 
-Batchable: `--model mlp` with the rules of BATCHED_RULES and SGD or Adam (a Kolen-Pollack
-model's B is a parameter of its own, given W's gradient, as in FALinear; DFA models, whose B
-have the network's output size as rows, batch with each other only, and their projection of
-the output error is one batched GEMM for every model and layer; SOAP models batch with each
-other only, their steps taken by batched_soap.StackedSOAP). The conv models (LeNet-5,
-ResNet-20) stack as batched_conv.StackedConvNet, every rule included (a SOAP conv step measures
-its losses as SOAP's closure path does). Only SOAP runs with per-layer learning-rate scales
-train one at a time (`train()`).
+Batchable: the MLP, LeNet-5 and ResNet-20 with every rule and SGD or Adam (an SGD and an Adam
+model share a stack: two stacked optimizers, each moving its own models' slices). DFA models,
+whose B have the network's output size as rows, stack with each other only, and so do SOAP
+models (their steps taken by soap_cuda.stacked.SOAP). Only SOAP runs with per-layer
+learning-rate scales train one at a time (`train()`).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from soap_cuda import feedback as fb
+from soap_cuda import stacked
 
 from .config import TrainConfig
 from .data import Dataset
-from .models import ACTIVATIONS, build_mlp
-from .batched_conv import StackedConvNet
-from .batched_dfa import dfa_output
-from .batched_soap import StackedSOAP
-from .stacked_rules import StackedRules, sync_proxies
-from .train import (CheckpointClock, _epoch_order, _save_checkpoint, _Writer, aligns_at,
-                    diverged_by_loss, diverged_eval, eval_subsets, final_record,
+from .models import build_conv, build_mlp
+from .optimizers import SOAP_H
+from .train import (CheckpointClock, PendingLosses, _epoch_order, _save_checkpoint, _Writer,
+                    aligns_at, diverged_by_loss, diverged_eval, eval_subsets, final_record,
                     run_environment)
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa", "soap")
 BATCHED_OPTIMIZERS = ("sgd", "adam")
-CONV_MODELS = ("lenet", "resnet20")  # stacked by batched_conv.StackedConvNet
+CONV_MODELS = ("lenet", "resnet20")
 # settings a model may have of its own inside one batch; every other TrainConfig field is shared
 PER_MODEL_FIELDS = ("rule", "lr", "optimizer", "seed", "layer_lr_scale", "label", "momentum",
                     "weight_decay")  # SGD and Adam models share a stack
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
-FLUSH_STEPS = 64  # steps whose losses may wait on the device before the host reads them
 
 
 def batchable(cfg: TrainConfig) -> bool:
@@ -67,301 +56,60 @@ def group_key(cfg: TrainConfig) -> tuple:
         (("dfa", cfg.rule == "dfa"), ("soap", cfg.rule == "soap"))
 
 
-@dataclass
-class _Layer:
-    weight: torch.Tensor  # (M, out, in), leaf
-    bias: torch.Tensor    # (M, out), leaf
-    b_matrix: torch.Tensor  # (M, out, in)
-    proxies: list  # per model: what feedback.sync_layers needs to sync that model's layer
 
 
-class StackedMLP(StackedRules):
-    """The models of one batch, stacked; built from `build_mlp` per config, so each slice starts
-    exactly where its sequential run does."""
-
-    def __init__(self, cfgs: list[TrainConfig], data: Dataset):
-        device = data.x_train.device
-        models = []
-        for cfg in cfgs:
-            torch.manual_seed(cfg.seed)
+def build_stack(cfgs: list[TrainConfig], data: Dataset) -> stacked.StackedNet:
+    """Each run's model built as train() builds it (its seed, its rule), stacked."""
+    device = data.x_train.device
+    models = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        if cfg.model == "mlp":
             models.append(build_mlp(data.in_features, cfg.hidden, data.num_classes, cfg.rule,
                                     cfg.sync_every, cfg.activation, device, cfg.sync_at_start))
-        self.names = [name for name, _ in models[0].named_children() if name.startswith("fc")]
-        self.activation = ACTIVATIONS[cfgs[0].activation]()
-        self.m = len(models)
-        self.rules = [cfg.rule for cfg in cfgs]
-        self.dfa = self.rules[0] == "dfa"  # group_key keeps DFA models among themselves
-        self.layers: list[_Layer] = []
-        with torch.no_grad():
-            for name in self.names:
-                src = [getattr(m, name) for m in models]
-                weight = torch.stack([s.weight for s in src]).requires_grad_()
-                bias = torch.stack([s.bias for s in src]).requires_grad_()
-                b_matrix = torch.stack([s.b_matrix for s in src])
-                self.layers.append(_Layer(weight, bias, b_matrix,
-                                          sync_proxies(weight, b_matrix, src)))
-        self._init_rules(device)
-        self.eval_chunk = 8192  # examples per evaluation pass
-        self.probe_chunk = 1 << 30  # the alignment probe in one pass: an MLP's is small
-
-    def parameters(self) -> list[torch.Tensor]:
-        """Per layer weight and bias (in FALinear's order), then b_matrix if any model learns
-        it (Kolen-Pollack)."""
-        return [t for layer in self.layers
-                for t in ((layer.weight, layer.bias, layer.b_matrix) if self.learns_b
-                          else (layer.weight, layer.bias))]
-
-    def param_specs(self) -> list[tuple]:
-        """(layer name, is B) per parameters() entry: what its learning rate is."""
-        return [(name, is_b) for name in self.names
-                for is_b in ((False, False, True) if self.learns_b else (False, False))]
-
-    def train(self, mode: bool = True) -> None:
-        """Nothing in an MLP computes differently in evaluation."""
-
-    def per_model(self, t: torch.Tensor, output: bool = False) -> torch.Tensor:
-        """A stacked parameter or a layer's output (M, N, out), as (M, -1)."""
-        return t.reshape(t.shape[0], -1)
-
-    def forward(self, x: torch.Tensor, backprop: bool = False, keep=None) -> torch.Tensor:
-        """x (M, N, in), or (N, in) shared by every model -> logits (M, N, classes); `keep`
-        collects each layer's output. `backprop`: every model's error through W."""
-        dfa = self.dfa and not backprop
-        taps = []  # DFA: each layer's input, to receive its error from the output's
-        h = x
-        for i, layer in enumerate(self.layers):
-            b = layer.weight.detach() if backprop or dfa else layer.b_matrix
-            if dfa and h.requires_grad:
-                taps.append((h, layer.b_matrix))
-                h = h.detach()  # no error from layer to layer: dfa_output delivers it
-            if h.dim() == 2:  # one input for all: one GEMM against every model's W at once
-                h = self._shared_input_layer(h, layer, b)
-            else:
-                h = torch.ops.soap_cuda.fa_linear_stacked(h, layer.weight, layer.bias, b)
-            if keep is not None:
-                keep.append(h)
-            if i < len(self.layers) - 1:
-                h = self.activation(h)
-        if taps:
-            h = dfa_output(h, [(t, b, True) for t, b in taps])
-        return h
-
-    def logits_at(self, x: torch.Tensor, weights: list[tuple]) -> torch.Tensor:
-        """x (M, N, in) -> logits (M, N, classes) with [(weight, bias)] per layer in place of
-        the models' own (no feedback, no autograd: SOAP's shifted forward passes)."""
-        h = x
-        for i, (weight, bias) in enumerate(weights):
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-            if i < len(weights) - 1:
-                h = self.activation(h)
-        return h
-
-    def _shared_input_layer(self, x, layer, b):
-        """fa_linear_stacked of x expanded to every model, without materialising the copies:
-        the models' rows of W side by side make one (N, in) x (in, M * out) GEMM."""
-        m, out, k = layer.weight.shape
-        if x.requires_grad:  # the probes' first layer input never is; keep the op's autograd
-            return torch.ops.soap_cuda.fa_linear_stacked(x.expand(m, *x.shape), layer.weight,
-                                                         layer.bias, b)
-        w = layer.weight.reshape(m * out, k)
-        y = torch.addmm(layer.bias.reshape(m * out), x, w.t())  # (N, M * out)
-        return y.view(x.shape[0], m, out).transpose(0, 1)
-
-
-def _per_model_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each model over its rows: logits (M, N, C), y (M, N) -> (M,)."""
-    m, n, c = logits.shape
-    return F.cross_entropy(logits.reshape(m * n, c), y.reshape(m * n),
-                           reduction="none").view(m, n).mean(1)
-
-
-class _Optimizer:
-    """torch.optim.SGD (momentum, weight decay) or Adam, per model (a stack may mix them), one
-    learning rate per model and layer: the same arithmetic as the single-tensor
-    implementations, on stacked tensors."""
-
-    def __init__(self, kinds: list[str], params: list[torch.Tensor], lrs: torch.Tensor,
-                 momentum: list[float], weight_decay: list[float]):
-        self.params = params
-        self.lrs = lrs  # (len(params), M): param i of model m
-        device = params[0].device
-        self.momentum = torch.tensor(momentum, device=device)
-        self.weight_decay = torch.tensor(weight_decay, device=device)
-        # decided on the host once: a device-side test per step would stall a GPU every step
-        self.any_decay = any(w != 0 for w in weight_decay)
-        sgd = [k == "sgd" for k in kinds]
-        self.any_sgd, self.any_adam = any(sgd), not all(sgd)
-        self.adam_models = torch.tensor([not s for s in sgd], device=device).view(-1, 1)
-        self.any_momentum = any(m != 0 for m, s in zip(momentum, sgd) if s)
-        self.all_momentum = all(m != 0 for m in momentum)
-        self.state = [{} for _ in params]  # per parameter: "momentum", "exp_avg", "exp_avg_sq"
-        self.steps = 0
-
-    def _per_model(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.to(like.dtype).view(-1, 1)
-
-    def _sgd_direction(self, i: int, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        if not self.any_momentum:
-            return grad
-        mom, state = self._per_model(self.momentum, p), self.state[i]
-        if "momentum" not in state:
-            state["momentum"] = grad.clone()
         else:
-            state["momentum"].mul_(mom).add_(grad)
-        return state["momentum"] if self.all_momentum else \
-            torch.where(mom != 0, state["momentum"], grad)
-
-    def _adam_direction(self, i: int, grad: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Adam's exp_avg / denom, and the learning rate's factor 1 / bias_correction1."""
-        beta1, beta2 = ADAM_BETAS
-        state = self.state[i]
-        if "exp_avg" not in state:
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(grad), torch.zeros_like(grad)
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** self.steps
-        bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-        return exp_avg / denom, 1 / bias_correction1
-
-    @torch.no_grad()
-    def step(self, lr_factor: float) -> None:
-        """Every parameter viewed as (M, -1) (model-major in every stacked layout), so one
-        column of per-model values scales each model's slice."""
-        self.steps += 1
-        for i, param in enumerate(self.params):
-            p = param.view(self.lrs.shape[1], -1)
-            grad = param.grad.reshape(p.shape)
-            if self.any_decay:
-                grad = grad + self._per_model(self.weight_decay, p) * p
-            neg_lr = -self._per_model(self.lrs[i] * lr_factor, p)
-            if not self.any_adam:
-                p.addcmul_(self._sgd_direction(i, p, grad), neg_lr)  # p - lr * grad in one pass
-                continue
-            adam, scale = self._adam_direction(i, grad)
-            if not self.any_sgd:
-                p.addcmul_(adam, neg_lr * scale)
-                continue
-            # a mixed stack: each model's slice takes its own optimizer's update
-            p.addcmul_(torch.where(self.adam_models, adam, self._sgd_direction(i, p, grad)),
-                       torch.where(self.adam_models, neg_lr * scale, neg_lr))
+            models.append(build_conv(cfg.model, data.image_shape, data.num_classes, cfg.rule,
+                                     cfg.sync_every, device, cfg.sync_at_start))
+    return stacked.stack(models)
 
 
-def _lr_table(cfgs: list[TrainConfig], specs: list[tuple], device) -> torch.Tensor:
-    """(params, M): the learning rate of each of a stacked net's parameters(), per model, from
-    its param_specs() (FA layer name or None, is B): the gain-matched per-layer scales as
-    make_optimizer's param groups apply them (other parameters at the base rate); a B row is
-    zero for the models whose B is not a parameter."""
-    rows = []
-    for name, is_b in specs:
-        lrs = [cfg.lr * float((cfg.layer_lr_scale or {}).get(name, 1.0)) if name else cfg.lr
-               for cfg in cfgs]
-        rows.append([lr if cfg.rule == "kolen_pollack" else 0.0 for lr, cfg in zip(lrs, cfgs)]
-                    if is_b else lrs)
-    return torch.tensor(rows, dtype=torch.float64, device=device)
+def make_optimizers(cfgs: list[TrainConfig], net: stacked.StackedNet) -> list:
+    """The runs' optimizers over the stack: SOAP for a SOAP stack, else one stacked SGD for the
+    SGD models and one stacked Adam for the Adam models, with make_optimizer's learning rates
+    (the gain-matched runs' per-layer scales in param groups)."""
+    if cfgs[0].rule == "soap":  # group_key keeps SOAP models among themselves
+        return [stacked.SOAP(net, [c.lr for c in cfgs], h=SOAP_H)]
+    lrs = [c.lr for c in cfgs]
+    scales = {name: [float((c.layer_lr_scale or {}).get(name, 1.0)) for c in cfgs]
+              for name in net.names} if any(c.layer_lr_scale for c in cfgs) else None
+    decay = [c.weight_decay for c in cfgs]
+    opts = []
+    for kind in ("sgd", "adam"):
+        mine = [c.optimizer == kind for c in cfgs]
+        if not any(mine):
+            continue
+        groups = net.param_groups(lrs, scales)
+        models = None if all(mine) else mine
+        opts.append(stacked.SGD(groups, lr=lrs, momentum=[c.momentum for c in cfgs],
+                                weight_decay=decay, models=models) if kind == "sgd" else
+                    stacked.Adam(groups, lr=lrs, weight_decay=decay, models=models))
+    return opts
 
 
-@torch.no_grad()
-def _loss_acc(net, x: torch.Tensor, y: torch.Tensor):
-    m, chunk = len(net.rules), net.eval_chunk
-    total = torch.zeros(m, dtype=torch.float64, device=x.device)
-    correct = torch.zeros(m, dtype=torch.int64, device=x.device)
-    for i in range(0, len(y), chunk):
-        xs, ys = x[i:i + chunk], y[i:i + chunk]
-        out = net.forward(xs)
-        ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), ys.repeat(m),
-                             reduction="none").view(m, -1)
-        total += ce.sum(1).double()
-        correct += (out.argmax(-1) == ys).sum(1)
-    return (total / len(y)).tolist(), (correct.double() / len(y)).tolist()
+def _passes(net: stacked.StackedNet, device) -> tuple[int, int]:
+    """(examples per evaluation pass, per alignment-probe pass). An MLP's are small: whole
+    splits. Conv models x M: a CPU is fastest with passes that stay in its caches (256 LeNet
+    images: 0.56 s for 1,000 examples of 8 models, 0.79 s at 512); a probe pass is kept for a
+    backward (a ResNet-20 holds ~3 MB per image, so 2,048 images ~6 GB)."""
+    if not net._wide_output and not any(isinstance(layer, stacked.layers.StackedConv)
+                                        for layer in net.layers):
+        return 8192, 1 << 30
+    cpu = device.type == "cpu"
+    return max(1, (256 if cpu else 8192) // net.models), \
+        max(1, (256 if cpu else 2048) // net.models)
 
 
-def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(a.b, a.a, b.b) per model (rows of (M, -1) tensors), in float64: (3, M)."""
-    a, b = a.detach().double(), b.detach().double()
-    return torch.stack([(a * b).sum(1), (a * a).sum(1), (b * b).sum(1)])
-
-
-def _angles_and_ratios(products: torch.Tensor) -> tuple[list, list]:
-    """Per model, from _products: metrics.angle_deg(a[k], b[k]) and metrics.norm_ratio(a[k],
-    b[k]), all models at once."""
-    dot, na, nb = products[0], products[1].sqrt(), products[2].sqrt()
-    cos = torch.clamp(dot / (na * nb), -1.0, 1.0)
-    angle = torch.where(na * nb == 0, torch.nan, torch.rad2deg(torch.acos(cos)))
-    ratio = torch.where(nb == 0, torch.nan, na / nb)
-    return angle.tolist(), ratio.tolist()
-
-
-def _alignment(net, probe) -> list[dict]:
-    """Per model: metrics.feedback_alignment and error_signal_alignment, for all models at once
-    (error signals and weight gradients by each model's rule, then by backprop). The probe runs
-    in passes of net.probe_chunk examples (evaluation mode: every example's error signal is its
-    own), adding up the error signals' products and the weight gradients, so a stack of large
-    models never holds every model's activations for the whole probe."""
-    x, y = probe
-    m, n = len(net.rules), len(net.layers)
-    weights = [layer.weight for layer in net.layers]
-    errors = [0.0] * n
-    weight_grads = {"rule": [0.0] * n, "bp": [0.0] * n}
-    for start in range(0, len(y), net.probe_chunk):
-        xs, ys = x[start:start + net.probe_chunk], y[start:start + net.probe_chunk]
-        share = len(ys) / len(y)  # the probe's mean loss, a pass at a time
-        grads = {}
-        for mode in ("rule", "bp"):
-            outs = []
-            with torch.enable_grad():
-                logits = net.forward(xs, backprop=mode == "bp", keep=outs)
-                loss = _per_model_loss(logits, ys.unsqueeze(0).expand(m, *ys.shape)).sum()
-                grads[mode] = torch.autograd.grad(loss * share, outs + weights)
-        for i in range(n):
-            errors[i] = errors[i] + _products(net.per_model(grads["rule"][i], output=True),
-                                              net.per_model(grads["bp"][i], output=True))
-            for mode in weight_grads:
-                weight_grads[mode][i] = weight_grads[mode][i] + grads[mode][n + i]
-    result = [{} for _ in range(m)]
-    for i, (name, layer) in enumerate(zip(net.names, net.layers)):
-        # bp models hold B = W, so their B-W angle is 0 as metrics.feedback_alignment gives
-        columns = {}
-        if net.dfa:  # as metrics.feedback_alignment: a DFA B has no W of its shape
-            columns["bw_angle_deg"] = columns["bw_norm_ratio"] = [math.nan] * m
-        else:
-            columns["bw_angle_deg"], columns["bw_norm_ratio"] = _angles_and_ratios(_products(
-                net.per_model(layer.b_matrix), net.per_model(layer.weight)))
-        columns["err_angle_deg"], columns["err_norm_ratio"] = _angles_and_ratios(errors[i])
-        columns["wgrad_angle_deg"], columns["wgrad_norm_ratio"] = _angles_and_ratios(_products(
-            net.per_model(weight_grads["rule"][i]), net.per_model(weight_grads["bp"][i])))
-        for k in range(m):
-            result[k][name] = {key: values[k] for key, values in columns.items()}
-    return result
-
-
-STACK_CHECKPOINT_VERSION = 1
-
-
-def _net_state(net) -> dict:
-    """Every tensor a stacked net trains or keeps (weights, biases, B, batch-norm statistics)."""
-    if hasattr(net, "module"):
-        return net.module.state_dict()
-    return {f"{i}.{k}": getattr(layer, k) for i, layer in enumerate(net.layers)
-            for k in ("weight", "bias", "b_matrix")}
-
-
-def _load_net_state(net, state: dict) -> None:
-    with torch.no_grad():  # in place: the optimizer and the sync proxies hold these tensors
-        for key, tensor in _net_state(net).items():
-            tensor.copy_(state[key])
-
-
-def _optimizer_state(opt) -> dict:
-    if isinstance(opt, StackedSOAP):
-        return {}  # SOAP keeps nothing from step to step
-    return {"state": opt.state, "steps": opt.steps}
-
-
-def _load_optimizer_state(opt, state: dict) -> None:
-    if state:
-        opt.state, opt.steps = state["state"], state["steps"]
+STACK_CHECKPOINT_VERSION = 2
 
 
 def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
@@ -389,20 +137,17 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     probe = (data.x_train[:cfg0.probe_examples], data.y_train[:cfg0.probe_examples])
     eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
 
-    net = StackedMLP(cfgs, data) if cfg0.model == "mlp" else StackedConvNet(cfgs, data)
-    if cfg0.rule == "soap":  # group_key keeps SOAP models among themselves
-        opt = StackedSOAP(net, [c.lr for c in cfgs])
-    else:
-        opt = _Optimizer([c.optimizer for c in cfgs], net.parameters(),
-                         _lr_table(cfgs, net.param_specs(), device),
-                         [c.momentum for c in cfgs], [c.weight_decay for c in cfgs])
+    net = build_stack(cfgs, data)
+    opts = make_optimizers(cfgs, net)
+    soap = isinstance(opts[0], stacked.SOAP)
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in opts if not soap]
+    eval_chunk, probe_chunk = _passes(net, device)
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
                  **run_environment(device), "batched": {"models": m_count}}] for c in cfgs]
     alive = [True] * m_count
     diverged = [False] * m_count
     loss_sum, loss_n = [0.0] * m_count, [0] * m_count
-    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0, "next_eval": 0,
-           "examples_seen": 0}  # examples_seen: the sync schedule's counter, for every model
+    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0, "next_eval": 0}
     elapsed0 = 0.0
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     tasks = [(c.to_dict(), str(p)) for c, p in zip(cfgs, out_paths)]
@@ -410,11 +155,9 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state.get("version") != STACK_CHECKPOINT_VERSION or state["tasks"] != tasks:
             raise RuntimeError(f"{ckpt}: a stacked checkpoint of other runs or settings")
-        _load_net_state(net, state["net"])
-        _load_optimizer_state(opt, state["optimizer"])
-        for layer, counts in zip(net.layers, state["sync_counts"]):
-            for proxy, count in zip(layer.proxies, counts):
-                proxy.sync_count = count
+        net.load_state_dict(state["net"])  # in place: the optimizers hold these tensors
+        for opt, opt_state in zip(opts, state["optimizers"]):
+            opt.load_state_dict(opt_state)
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
@@ -431,9 +174,9 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     def checkpoint() -> None:
         clock.written()
         _save_checkpoint(ckpt, {
-            "version": STACK_CHECKPOINT_VERSION, "tasks": tasks, "net": _net_state(net),
-            "optimizer": _optimizer_state(opt),
-            "sync_counts": [[p.sync_count for p in layer.proxies] for layer in net.layers],
+            "version": STACK_CHECKPOINT_VERSION, "tasks": tasks,
+            # the schedules (examples seen, syncs) ride in the stacked layers' extra state
+            "net": net.state_dict(), "optimizers": [opt.state_dict() for opt in opts],
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "records": records, "position": dict(pos), "alive": alive, "diverged": diverged,
@@ -446,14 +189,17 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         healthy = [k for k in models if not diverged[k]]
         if healthy:
             net.train(False)  # as train()'s evaluate: batch norm on its running statistics
-            train_loss, train_acc = _loss_acc(net, on.x_train, on.y_train)
-            test_loss, test_acc = _loss_acc(net, on.x_test, on.y_test)
+            train_loss, train_acc = stacked.loss_and_accuracy(net, on.x_train, on.y_train,
+                                                              eval_chunk)
+            test_loss, test_acc = stacked.loss_and_accuracy(net, on.x_test, on.y_test,
+                                                            eval_chunk)
             if on.has_validation:
-                val_loss, val_acc = _loss_acc(net, on.x_val, on.y_val)
+                val_loss, val_acc = stacked.loss_and_accuracy(net, on.x_val, on.y_val,
+                                                              eval_chunk)
             align = final or aligns_at(pos["evals"], cfg0.align_every)
             finite = [math.isfinite(train_loss[k]) and math.isfinite(test_loss[k])
                       for k in range(m_count)]
-            layers = _alignment(net, probe) if align else None
+            layers = stacked.alignment(net, *probe, chunk=probe_chunk) if align else None
             net.train(True)
         for k in models:
             rec = {"kind": "eval", "examples": examples, "step": step, "epoch": examples / n,
@@ -497,29 +243,21 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     # at once: no host synchronisation per step. A model whose loss stopped being finite at
     # step s is then recorded as stopped at s, exactly as train() stops it; the steps it took
     # after s (on NaNs, in its own slice) touch no other model and are discarded.
-    pending: list[tuple] = []
+    pending = PendingLosses()
 
     def flush() -> None:
-        if not pending:
-            return
-        rows = torch.stack([p[0] for p in pending]).tolist()
-        for values, (_, take, examples, step) in zip(rows, pending):
-            for k in range(m_count):
-                if not alive[k]:
-                    continue
-                if not math.isfinite(values[k]):
-                    diverged[k] = True
-                    finish([k], at=(examples, step))
-                    continue
-                loss_sum[k] += values[k] * take
-                loss_n[k] += take
-        pending.clear()
+        for k, value, take, examples, step in pending.read(lambda k: alive[k]):
+            if not math.isfinite(value):
+                diverged[k] = True
+                finish([k], at=(examples, step))
+                continue
+            loss_sum[k] += value * take
+            loss_n[k] += take
 
     if pos["evals"] == 0:
         log_eval(list(range(m_count)))
         pos["evals"], pos["next_eval"] = 1, eval_every
     x_all, y_all = data.x_train, data.y_train
-    sync_models = [k for k, c in enumerate(cfgs) if c.rule in fb.SYNC_RULES]
     while pos["examples"] < budget and any(alive):
         orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
         while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
@@ -527,32 +265,24 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             take = min(cfg0.batch_size, n - start, budget - pos["examples"])
             idx = orders[:, start:start + take]  # (M, take): each model's own examples
             factor = 0.1 ** sum(pos["examples"] >= f * budget for f in cfg0.lr_drops)
-            # the sign rules' schedule, as FALinear.forward advances it before computing
-            if sync_models and (cfg0.sync_every is not None or cfg0.sync_at_start):
-                before = pos["examples_seen"]
-                pos["examples_seen"] += take
-                first = cfg0.sync_at_start and before == 0
-                crossed = cfg0.sync_every is not None and \
-                    pos["examples_seen"] // cfg0.sync_every > before // cfg0.sync_every
-                if first or crossed:
-                    net.sync([k for k in sync_models if alive[k]])
-            for p in opt.params:
+            for p in net.parameters():
                 p.grad = None
             xb, yb = x_all[idx], y_all[idx]
-            losses = _per_model_loss(net.forward(xb), yb)
+            # the net's layers count the batch and sync the sign rules' B when due
+            losses = stacked.per_model_loss(net(xb, per_model=True), yb)
             # dead models' slices compute on zeros and their losses stay out of the sum
             torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
-            if isinstance(opt, StackedSOAP):
-                opt.step(xb, yb, losses.detach(), factor)
+            if soap:
+                opts[0].step(xb, yb, losses.detach(), factor)
             else:
-                net.give_b_its_gradient()
-                opt.step(factor)
-            net.copy_bp_weights()
+                for opt, lrs in zip(opts, base_lrs):
+                    for group, lr in zip(opt.param_groups, lrs):
+                        group["lr"] = lr * factor
+                    opt.step()
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
-            pending.append((losses.detach(), take, pos["examples"], pos["step"]))
-            if len(pending) >= FLUSH_STEPS:
+            if pending.add(losses.detach(), take, pos["examples"], pos["step"]):
                 flush()
             if on_step is not None:
                 on_step(take * m_count)

@@ -71,3 +71,32 @@ class ResNetCifar(nn.Module):
 
 def resnet20(num_classes: int = 10, in_channels: int = 3) -> ResNetCifar:
     return ResNetCifar(3, num_classes, in_channels)
+
+
+class _StackedShortcutA(nn.Module):
+    """Option A for M stacked models, their channels side by side: each model's own zeros."""
+
+    def __init__(self, shortcut: _ShortcutA, models: int):
+        super().__init__()
+        self.pad, self.models = shortcut.pad, models
+
+    def forward(self, x):
+        x = x[:, :, ::2, ::2]
+        n, channels, h, w = x.shape
+        x = F.pad(x.reshape(n, self.models, channels // self.models, h, w),
+                  (0, 0, 0, 0, self.pad, self.pad))
+        return x.reshape(n, -1, h, w)
+
+
+def _teach_stack() -> None:
+    """soap_cuda.stack() of these models: the blocks run as they are on stacked tensors (their
+    layers are replaced), the shortcut pads each model's channels."""
+    from soap_cuda import stacked
+
+    stacked.register(BasicBlock)
+    stacked.register(ResNetCifar)
+    stacked.register(_ShortcutA, lambda shortcuts: _StackedShortcutA(shortcuts[0],
+                                                                     len(shortcuts)))
+
+
+_teach_stack()

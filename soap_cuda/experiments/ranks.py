@@ -64,11 +64,11 @@ def finish() -> None:
 def local_examples():
     """Runs trained inside a sweep's ranks count their own examples: the sweep's process group
     is not a data-parallel one, so FA layers must not multiply by its size."""
-    from soap_cuda import feedback_layer
+    from soap_cuda import schedule
 
-    saved = feedback_layer.WORLD_SIZE_OVERRIDE
-    feedback_layer.WORLD_SIZE_OVERRIDE = 1
+    saved = schedule.WORLD_SIZE_OVERRIDE
+    schedule.WORLD_SIZE_OVERRIDE = 1
     try:
         yield
     finally:
-        feedback_layer.WORLD_SIZE_OVERRIDE = saved
+        schedule.WORLD_SIZE_OVERRIDE = saved

@@ -231,6 +231,33 @@ class _Writer:
                 f.write(json.dumps(_json_safe(rec)) + "\n")
 
 
+class PendingLosses:
+    """Step losses (one per model: (M,), or 0-d for one run) waiting on the device until an
+    evaluation, every FLUSH_STEPS steps or the end reads them all at once: no host
+    synchronisation per step on a GPU. A loss that stopped being finite at step s ends its run as
+    of step s, as if it had been read at once (the steps taken after it were on NaNs)."""
+
+    def __init__(self):
+        self._waiting: list[tuple] = []
+
+    def add(self, losses: torch.Tensor, take: int, examples: int, step: int) -> bool:
+        """Keep a step's losses; True when FLUSH_STEPS are waiting (time to read)."""
+        self._waiting.append((losses.reshape(-1), take, examples, step))
+        return len(self._waiting) >= FLUSH_STEPS
+
+    def read(self, alive=lambda k: True):
+        """(model, loss, examples taken, examples after, step) of every waiting step, in step
+        order, for the models that `alive(model)` still says so of when their turn comes."""
+        if not self._waiting:
+            return
+        rows = torch.stack([w[0] for w in self._waiting]).tolist()
+        waiting, self._waiting = self._waiting, []
+        for values, (_, take, examples, step) in zip(rows, waiting):
+            for k, value in enumerate(values):
+                if alive(k):
+                    yield k, value, take, examples, step
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -354,25 +381,16 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             "position": dict(pos), "records": records,
             "elapsed_s": time.perf_counter() - t0})
 
-    # Step losses wait on the device and are read together (before every evaluation, every
-    # FLUSH_STEPS steps and at the end): no host synchronisation per step on a GPU. A loss that
-    # stopped being finite at step s ends the run as of step s, as if it had been read at once
-    # (the records and the position say s; the steps taken after it were on NaNs).
-    pending: list[tuple] = []
+    pending = PendingLosses()
 
     def flush() -> bool:
         """Read the pending losses; True if one was not finite (the run diverged there)."""
-        if not pending:
-            return False
-        values = torch.stack([p[0].reshape(()) for p in pending]).tolist()
-        for value, (_, take, examples, step) in zip(values, pending):
+        for _, value, take, examples, step in pending.read():
             if not math.isfinite(value):
                 pos["examples"], pos["step"] = examples, step
-                pending.clear()
                 return True
             pos["batch_loss_sum"] += value * take
             pos["batch_loss_n"] += take
-        pending.clear()
         return False
 
     bar = _progress(budget, progress, cfg.name)
@@ -404,13 +422,13 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
-            pending.append((loss.detach() if torch.is_tensor(loss)
-                            else torch.tensor(float(loss)), take, pos["examples"], pos["step"]))
+            due = pending.add(loss.detach() if torch.is_tensor(loss)
+                              else torch.tensor(float(loss)), take, pos["examples"], pos["step"])
             if bar is not None:
                 bar.update(take)
             if on_step is not None:
                 on_step(take)
-            if len(pending) >= FLUSH_STEPS and flush():
+            if due and flush():
                 diverged = True
                 break
             if pos["examples"] >= pos["next_eval"] and pos["examples"] < budget:

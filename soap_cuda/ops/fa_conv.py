@@ -8,7 +8,7 @@ import torch
 
 from .. import _library
 from . import autocast
-from .fa_linear import _kolen_pollack_grad
+from .fa_linear import kolen_pollack_grad
 from ..reference.fa_conv import (check_fa_conv_args, check_fa_conv_backward_args, fa_conv,
                                  fa_conv_backward)
 
@@ -47,7 +47,7 @@ def _backward(ctx, grad_output):
         [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
     # b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
     return (grad_input, grad_weight if need_weight else None, grad_bias,
-            _kolen_pollack_grad(grad_weight, need_weight, learn_b), None, None, None, None)
+            kolen_pollack_grad(grad_weight, need_weight, learn_b), None, None, None, None)
 
 
 # The native library registers this same formula in C++ (csrc/fa_conv/fa_conv_autograd.cpp),

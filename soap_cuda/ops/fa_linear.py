@@ -36,7 +36,7 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _kolen_pollack_grad(grad_weight, need_weight, learn_b):
+def kolen_pollack_grad(grad_weight, need_weight, learn_b):
     # W's gradient for B, a tensor of its own when W takes it too (the two .grad tensors must
     # not alias), copy-on-write on the CPU outside graphs and tracing, as in C++
     # (csrc/common/feedback_grads.h says why not on CUDA)
@@ -58,7 +58,7 @@ def _backward(ctx, grad_output):
         [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
     # b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
     return (grad_input, grad_weight if need_weight else None, grad_bias,
-            _kolen_pollack_grad(grad_weight, need_weight, learn_b))
+            kolen_pollack_grad(grad_weight, need_weight, learn_b))
 
 
 # The native library registers this same formula in C++ (csrc/fa_linear/fa_linear_autograd.cpp),

@@ -1,10 +1,12 @@
 """fa_linear_stacked's Python registrations: default kernels, fake kernels and (fallback)
 autograd formula; the native library registers the same formula in C++
 (csrc/fa_linear_stacked/fa_linear_stacked_autograd.cpp). Backward is one
-fa_linear_stacked_backward call asking only for what autograd needs."""
+fa_linear_stacked_backward call asking only for what autograd needs; B gets W's gradient when
+it requires one (Kolen-Pollack), by fa_linear's rule."""
 import torch
 
 from .. import _library
+from .fa_linear import kolen_pollack_grad
 from ..reference.fa_linear_stacked import (check_fa_linear_stacked_args,
                                            check_fa_linear_stacked_backward_args,
                                            fa_linear_stacked, fa_linear_stacked_backward)
@@ -36,10 +38,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output):
     input, b_matrix = ctx.saved_tensors
-    need_input, need_weight, need_bias, _ = ctx.needs_input_grad
+    need_input, need_weight, need_bias, learn_b = ctx.needs_input_grad
     grad_input, grad_weight, grad_bias = torch.ops.soap_cuda.fa_linear_stacked_backward(
-        grad_output, input, b_matrix, [need_input, need_weight, need_bias and ctx.has_bias])
-    return grad_input, grad_weight, grad_bias, None
+        grad_output, input, b_matrix,
+        [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
+    # B gets a gradient only under Kolen-Pollack (W's), by fa_linear's rule
+    return (grad_input, grad_weight if need_weight else None, grad_bias,
+            kolen_pollack_grad(grad_weight, need_weight, learn_b))
 
 
 if _library.backend() == "python":

@@ -20,6 +20,7 @@ curvature then comes from the same losses, so refining costs no extra pass.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,7 @@ from torch.optim import Optimizer
 
 from ..perturb.forward import losses_at_weight_sets, per_example_losses
 from ..perturb.layers import linear_layers
+from .soap_step import step_length
 
 
 class SOAP(Optimizer):
@@ -154,15 +156,11 @@ class SOAP(Optimizer):
         direction, (lp, lm) = candidates[choice], pairs[choice]
         if group["refine"]:
             record.update(g_d_unrefined=slopes[0], refine_choice=choice)
-        g_d = (lp - lm) / (2 * t)
-        c_d = (lp - 2 * l0 + lm) / (t * t)
-        if c_d > group["min_curvature"]:
-            alpha, kind = -group["lr"] * g_d / c_d, "newton"
-        else:
-            alpha, kind = (-group["fallback_lr"] if g_d > 0 else group["fallback_lr"]), "fallback"
-        clipped = abs(alpha) * d_norm > group["max_step"]
-        if clipped:
-            alpha = math.copysign(group["max_step"] / d_norm, alpha)
+        f64 = functools.partial(torch.tensor, dtype=torch.float64)
+        alpha, g_d, c_d, newton, clipped = (v.item() for v in step_length(
+            f64(l0), f64(lp), f64(lm), f64(t), f64(d_norm), f64(group["lr"]),
+            group["fallback_lr"], group["min_curvature"], group["max_step"]))
+        kind = "newton" if newton else "fallback"
         with torch.no_grad():
             for p in params:
                 p.add_(direction[id(p)], alpha=alpha)
