@@ -81,5 +81,14 @@ def single_torch_thread():
     torch.set_num_threads(saved)
 
 
+@pytest.fixture()
+def float64():
+    """float64 as the default dtype, for the tests that hold runs equal to rounding."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def devices():
     return ["cpu"] + (["cuda"] if HAS_CUDA else [])

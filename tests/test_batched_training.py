@@ -18,14 +18,6 @@ BASE = dict(dataset="digits", hidden=[16, 12], epochs=1.5, batch_size=16, eval_e
             probe_examples=48, sync_every=48, eval_examples=100, align_every=2)
 
 
-@pytest.fixture()
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.fixture(scope="module")
 def digits64():
     d = load_dataset("digits", train_examples=256, test_examples=64)

@@ -65,6 +65,7 @@ def test_backward_op_masks_and_reference(device):
 def test_opcheck():
     x, w, b, B = _make(2, 3, 4, 5, "cpu")
     torch.library.opcheck(op, (x, w.requires_grad_(), b.requires_grad_(), B))
+    torch.library.opcheck(op, (x, w, b, B.clone().requires_grad_()))  # Kolen-Pollack's B
     torch.library.opcheck(op_backward, (torch.randn(2, 3, 5, dtype=torch.float64), x, B,
                                         [True, True, True]))
 
@@ -106,3 +107,30 @@ def test_double_backward_matches_each_models_fa_linear():
         dxm, dwm = torch.autograd.grad(gxm.square().sum() + gwm.square().sum(), (xm, wm))
         torch.testing.assert_close(dx[m], dxm, **TIGHT)
         torch.testing.assert_close(dw[m], dwm, **TIGHT)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_a_b_that_requires_grad_gets_ws_gradient(device, weight_grad):
+    """Kolen-Pollack through the stacked op, by fa_linear's rule: B's gradient is W's, a tensor
+    of its own (an in-place change of one leaves the other), and none when B is fixed."""
+    x, w, b, B = _make(3, 4, 5, 2, device)
+    w.requires_grad_(weight_grad)
+    B.requires_grad_()
+    x.requires_grad_()
+    y = op(x, w, b, B)
+    g = torch.randn_like(y)
+    y.backward(g)
+    want = ref_backward(g, x.detach(), B.detach(), [False, True, False])[1]
+    torch.testing.assert_close(B.grad, want, **TIGHT)
+    torch.testing.assert_close(x.grad, ref_backward(g, x.detach(), B.detach(),
+                                                    [True, False, False])[0], **TIGHT)
+    if weight_grad:
+        assert torch.equal(w.grad, B.grad)
+        B.grad.add_(1)
+        torch.testing.assert_close(w.grad, want, **TIGHT)
+    else:
+        assert w.grad is None
+    fixed = B.detach().clone()
+    op(x, w, b, fixed).sum().backward()
+    assert fixed.grad is None

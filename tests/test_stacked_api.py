@@ -19,14 +19,6 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 SYNC = ("sign", "rescaled_sign", "scaled_sign", "random_sign")
 
 
-@pytest.fixture()
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def conv_model(rule: str, seed: int) -> nn.Module:
     """A user's small CNN (conv, batch norm, pooling, flatten, linear), converted to `rule`."""
     torch.manual_seed(seed)

@@ -30,7 +30,8 @@ def _fa_linear_backward_fake(grad_output, input, b_matrix, output_mask):
     )
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
+    """What an FA linear op's (plain or stacked) backward keeps: input, B, whether a bias."""
     input, weight, bias, b_matrix = inputs
     ctx.save_for_backward(input, b_matrix)
     ctx.has_bias = bias is not None
@@ -50,22 +51,28 @@ def kolen_pollack_grad(grad_weight, need_weight, learn_b):
     return torch._lazy_clone(grad_weight)
 
 
-def _backward(ctx, grad_output):
+def feedback_backward(backward_op, ctx, grad_output):
+    """An FA linear op's backward (plain or stacked, by its backward op): one call asking only
+    for what autograd needs; b_matrix gets a gradient only under Kolen-Pollack (W's), otherwise
+    it is fixed or synced."""
     input, b_matrix = ctx.saved_tensors
     need_input, need_weight, need_bias, learn_b = ctx.needs_input_grad
-    grad_input, grad_weight, grad_bias = torch.ops.soap_cuda.fa_linear_backward(
+    grad_input, grad_weight, grad_bias = backward_op(
         grad_output, input, b_matrix,
         [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
-    # b_matrix gets a gradient only under Kolen-Pollack (W's); otherwise it is fixed or synced.
     return (grad_input, grad_weight if need_weight else None, grad_bias,
             kolen_pollack_grad(grad_weight, need_weight, learn_b))
+
+
+def _backward(ctx, grad_output):
+    return feedback_backward(torch.ops.soap_cuda.fa_linear_backward, ctx, grad_output)
 
 
 # The native library registers this same formula in C++ (csrc/fa_linear/fa_linear_autograd.cpp),
 # which keeps Python off the training step; the fallback registers it here.
 if _library.backend() == "python":
     torch.library.register_autograd("soap_cuda::fa_linear", _backward,
-                                    setup_context=_setup_context)
+                                    setup_context=setup_context)
     autocast.register("fa_linear")
 
 

@@ -6,7 +6,7 @@ it requires one (Kolen-Pollack), by fa_linear's rule."""
 import torch
 
 from .. import _library
-from .fa_linear import kolen_pollack_grad
+from .fa_linear import feedback_backward, setup_context
 from ..reference.fa_linear_stacked import (check_fa_linear_stacked_args,
                                            check_fa_linear_stacked_backward_args,
                                            fa_linear_stacked, fa_linear_stacked_backward)
@@ -30,26 +30,13 @@ def _backward_fake(grad_output, input, b_matrix, output_mask):
             if output_mask[2] else None)
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, b_matrix = inputs
-    ctx.save_for_backward(input, b_matrix)
-    ctx.has_bias = bias is not None
-
-
 def _backward(ctx, grad_output):
-    input, b_matrix = ctx.saved_tensors
-    need_input, need_weight, need_bias, learn_b = ctx.needs_input_grad
-    grad_input, grad_weight, grad_bias = torch.ops.soap_cuda.fa_linear_stacked_backward(
-        grad_output, input, b_matrix,
-        [need_input, need_weight or learn_b, need_bias and ctx.has_bias])
-    # B gets a gradient only under Kolen-Pollack (W's), by fa_linear's rule
-    return (grad_input, grad_weight if need_weight else None, grad_bias,
-            kolen_pollack_grad(grad_weight, need_weight, learn_b))
+    return feedback_backward(torch.ops.soap_cuda.fa_linear_stacked_backward, ctx, grad_output)
 
 
 if _library.backend() == "python":
     torch.library.register_autograd("soap_cuda::fa_linear_stacked", _backward,
-                                    setup_context=_setup_context)
+                                    setup_context=setup_context)
 
 
 # Double backward: fa_linear_stacked_backward is linear in grad_output and in input, so its own
