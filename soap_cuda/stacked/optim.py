@@ -26,7 +26,9 @@ class _StackedOptimizer(Optimizer):
 
     def __init__(self, params, defaults: dict, models=None):
         super().__init__(params, defaults)
-        self.model_mask = None if models is None else torch.as_tensor(models, dtype=torch.bool)
+        self.model_mask = None if models is None else \
+            torch.as_tensor(models, dtype=torch.bool).cpu()
+        self._kept_models: dict = {}  # parameter -> _kept(parameter)
 
     def _models(self, group: dict, p: torch.Tensor) -> int:
         """How many models p stacks (1 when every value and mask is one for all)."""
@@ -43,34 +45,40 @@ class _StackedOptimizer(Optimizer):
         return t.to(like.dtype).expand(models).reshape(-1, 1) if t.dim() == 0 else \
             t.to(like.dtype).view(-1, 1)
 
-    def _mask(self, p: torch.Tensor) -> torch.Tensor | None:
-        """(M, 1) the models whose slice of p this optimizer moves, None for all."""
-        mask = self.model_mask
-        own = getattr(p, "_soap_cuda_models", None)
-        if own is not None:
-            mask = own if mask is None else mask.to(own.device) & own
-        if mask is None or bool(mask.all()):
-            return None
-        return mask.to(p.device).view(-1, 1)
+    def _kept(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The models whose slice of p this optimizer leaves as it is (indices on p's device),
+        None when it moves them all; worked out once per parameter (the masks are fixed)."""
+        if p not in self._kept_models:
+            mask = self.model_mask
+            own = getattr(p, "_soap_cuda_models", None)
+            if own is not None:
+                own = own.cpu()
+                mask = own if mask is None else mask & own
+            kept = None if mask is None or bool(mask.all()) else \
+                (~mask).nonzero().flatten().to(p.device)
+            self._kept_models[p] = kept
+        return self._kept_models[p]
 
     def _move(self, p: torch.Tensor, flat: torch.Tensor, direction: torch.Tensor,
               neg_lr: torch.Tensor) -> None:
-        """p (viewed as `flat`) += neg_lr * direction, only in the slices of its models."""
-        mask = self._mask(p)
-        if mask is not None:
-            direction = torch.where(mask, direction, torch.zeros_like(direction))
-            neg_lr = torch.where(mask, neg_lr, torch.zeros_like(neg_lr))
+        """p (viewed as `flat`) += neg_lr * direction, in one pass, then the slices of the
+        models it does not train put back as they were (whatever their direction held)."""
+        kept = self._kept(p)
+        saved = None if kept is None else flat.index_select(0, kept)
         flat.addcmul_(direction, neg_lr)
+        if kept is not None:
+            flat.index_copy_(0, kept, saved)
 
     def _grads(self, group: dict):
         """(p, flat p (M, -1), its gradient with weight decay, M) for every p with a grad."""
+        decay = any(w != 0 for w in _values(group["weight_decay"]))
         for p in group["params"]:
             if p.grad is None:
                 continue
             models = self._models(group, p)
             flat = p.view(models, -1)
             grad = p.grad.reshape(flat.shape)
-            if any(w != 0 for w in _values(group["weight_decay"])):
+            if decay:
                 grad = grad + self._column(group["weight_decay"], flat, models) * flat
             yield p, flat, grad, models
 
