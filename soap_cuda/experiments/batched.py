@@ -101,8 +101,7 @@ def _passes(net: stacked.StackedNet, device) -> tuple[int, int]:
     splits. Conv models x M: a CPU is fastest with passes that stay in its caches (256 LeNet
     images: 0.56 s for 1,000 examples of 8 models, 0.79 s at 512); a probe pass is kept for a
     backward (a ResNet-20 holds ~3 MB per image, so 2,048 images ~6 GB)."""
-    if not net._wide_output and not any(isinstance(layer, stacked.layers.StackedConv)
-                                        for layer in net.layers):
+    if not any(isinstance(layer, stacked.layers.StackedConv) for layer in net.layers):
         return 8192, 1 << 30
     cpu = device.type == "cpu"
     return max(1, (256 if cpu else 8192) // net.models), \

@@ -106,7 +106,9 @@ class StackedFeedbackLayer(nn.Module):
         self.slices = [ModelSlice(self, k, s) for k, s in enumerate(sources)]
         self.scheduled = [sl for sl in self.slices if schedule.has_schedule(sl)]
         bp = [k for k, r in enumerate(self.rules) if r == "bp"]
-        self.bp_models = torch.tensor(bp, dtype=torch.long, device=b.device) if bp else None
+        # a buffer (not saved): it follows the layer through .to()
+        self.register_buffer("bp_models", torch.tensor(bp, dtype=torch.long, device=b.device)
+                             if bp else None, persistent=False)
         self.all_bp = len(bp) == self.models
         # a bp model's own B, which its single layer keeps untouched (the stacked B holds W there)
         self.register_buffer("bp_b_matrix", b.view(self.models, -1)[self.bp_models].clone()
@@ -155,25 +157,26 @@ class StackedFeedbackLayer(nn.Module):
         b.index_copy_(0, self.bp_models, w.index_select(0, self.bp_models))
         self._bp_copied = weight._version if own else None
 
+    def _with_bp_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """A copy of B (detached) whose bp models' rows are `rows` (n_bp, -1)."""
+        b = self.b_matrix.detach()
+        return b.reshape(self.models, -1).index_copy(0, self.bp_models, rows).view_as(b)
+
     def effective_feedback(self) -> torch.Tensor:
         """What the error of each model goes through now (W for bp models), without side
         effects: the alignment metrics."""
-        w, b = self.weight.detach(), self.b_matrix.detach()
         if self.all_bp:
-            return w
+            return self.weight.detach()
         if self.bp_models is None:
-            return b
-        return b.reshape(self.models, -1).index_copy(
-            0, self.bp_models, w.reshape(self.models, -1).index_select(0, self.bp_models)) \
-            .view_as(b)
+            return self.b_matrix.detach()
+        return self._with_bp_rows(
+            self.weight.detach().reshape(self.models, -1).index_select(0, self.bp_models))
 
     def own_feedback(self) -> torch.Tensor:
         """Each model's own B (the bp models' untouched one), model-major, detached."""
-        b = self.b_matrix.detach()
         if self.bp_models is None:
-            return b
-        return b.reshape(self.models, -1).index_copy(0, self.bp_models, self.bp_b_matrix) \
-            .view_as(b)
+            return self.b_matrix.detach()
+        return self._with_bp_rows(self.bp_b_matrix)
 
     def _compute(self, x: torch.Tensor, fa, layout: str) -> torch.Tensor:
         """fa(input, B); under DFA the input is detached (its error comes from the network's

@@ -77,9 +77,6 @@ class StackedNet(nn.Module):
         self.input_rank = _input_rank(models[0])
         self.names = [n for n, m in module.named_modules() if isinstance(m, StackedFeedbackLayer)]
         self.layers = [module.get_submodule(n) for n in self.names]
-        # the rule of each model's first feedback layer (a model may mix rules across layers)
-        self.rules = list(self.layers[0].rules) if self.layers else ["bp"] * self.models
-        self.dfa = any(layer.dfa for layer in self.layers)
         # a network that ends in a conv gives the models' channels side by side
         self._wide_output = bool(self.layers) and isinstance(self.layers[-1], StackedConv)
 
