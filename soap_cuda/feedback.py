@@ -5,7 +5,8 @@ Rules (the `feedback=` option of FALinear):
   "sign"           B <- sign(W)                 (the seed's naive sync; changes B's scale)
   "rescaled_sign"  B <- |B0| * sign(W)          (the seed's corrected rule, BioTorch's frSF)
   "scaled_sign"    B <- s * sign(W), s so that ||B||_F = ||B0||_F   (uSF-style)
-  "random_sign"    B <- |M| * sign(W), M ~ N(0, std(B0)^2) redrawn each sync (brSF), seeded
+  "random_sign"    B <- |M| * sign(W), M ~ N(0, std(B0)^2) redrawn each sync (brSF), from the
+                   Philox stream (feedback_seed, sync_count)
   "bp"             B is W itself (exact backprop through the same code path: the baseline)
   "kolen_pollack"  B is a parameter that receives W's gradient, so it gets the same updates as
                    W (and its own weight decay): B - W decays and B converges towards W without
@@ -51,34 +52,40 @@ def xavier_std(layer) -> float:
     return math.sqrt(2.0 / (fan_in + fan_out))
 
 
-def _random_magnitude(layer) -> torch.Tensor:
-    """M for random_sign: a fresh draw per sync, reproducible from (feedback_seed, sync_count)."""
-    w = layer.weight
-    gen = torch.Generator(device=w.device)
-    gen.manual_seed((layer.feedback_seed * 1_000_003 + layer.sync_count) % (2**63 - 1))
-    return torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype) * xavier_std(layer)
+def stream_seed(feedback_seed: int) -> int:
+    """A feedback seed as the int64 the sync op's streams hold (its 64 bits, two's complement)."""
+    bits = int(feedback_seed) & ((1 << 64) - 1)
+    return bits - (1 << 64) if bits >= 1 << 63 else bits
 
 
 def sync_arguments(layer):
-    """(weight, b_matrix, magnitude or None, scale) for one layer: the scale is a Python float,
-    or a 0-d float64 tensor on the weight's device where it depends on W (scaled_sign)."""
+    """(weight, b_matrix, magnitude or None, scale, stream or None) for one layer: the scale is
+    a Python float, or a 0-d float64 tensor on the weight's device where it depends on W
+    (scaled_sign); random_sign's |M| is drawn in the op from the Philox stream
+    (feedback_seed, sync_count), so M is fresh each sync and reproducible from the seed."""
     w = layer.weight.detach()
     rule = layer.feedback
     if rule == "sign":
-        return w, layer.b_matrix, None, 1.0
+        return w, layer.b_matrix, None, 1.0, None
     if rule == "rescaled_sign":
-        return w, layer.b_matrix, layer.b_init, 1.0
+        return w, layer.b_matrix, layer.b_init, 1.0, None
     if rule == "random_sign":
-        return w, layer.b_matrix, _random_magnitude(layer), 1.0
+        return w, layer.b_matrix, None, xavier_std(layer), \
+            (1, stream_seed(layer.feedback_seed), layer.sync_count)
     if rule == "scaled_sign":
-        nonzero = torch.count_nonzero(w).to(torch.float64).clamp_min(1.0)
-        return w, layer.b_matrix, None, layer.b_init_norm / nonzero.sqrt()
+        return w, layer.b_matrix, None, scaled_sign_scale(w, layer.b_init_norm), None
     raise ValueError(f"feedback rule {rule!r} has no sync")
+
+
+def scaled_sign_scale(w: torch.Tensor, b_init_norm: torch.Tensor) -> torch.Tensor:
+    """scaled_sign's s = ||B0|| / sqrt(count of nonzero W), so that ||s sign(W)|| = ||B0||."""
+    nonzero = torch.count_nonzero(w).to(torch.float64).clamp_min(1.0)
+    return b_init_norm / nonzero.sqrt()
 
 
 def _scales_tensor(scales, device) -> torch.Tensor:
     """The op's scales: on the CPU when all are known on the host (the CUDA kernel then takes
-    them from its layer table, with no device tensor to build), else stacked on the device."""
+    them with its per-call values, with no device tensor to build), else stacked on the device."""
     if all(isinstance(s, float) for s in scales):
         return torch.tensor(scales, dtype=torch.float64)
     return torch.stack([s if isinstance(s, torch.Tensor)
@@ -95,13 +102,17 @@ def sync_layers(layers) -> int:
     with torch.no_grad():
         for group in groups.values():
             args = [sync_arguments(layer) for layer in group]
-            weights, b_matrices, magnitudes, scales = (list(col) for col in zip(*args))
+            weights, b_matrices, magnitudes, scales, streams = (list(col) for col in zip(*args))
             weights = [w.contiguous() for w in weights]
             magnitudes = [m.contiguous() if m is not None else None for m in magnitudes]
             # a channels_last conv layer's B is not contiguous: sync into a copy, write it back
             targets = [b if b.is_contiguous() else b.contiguous() for b in b_matrices]
+            rows = None
+            if any(row is not None for row in streams):
+                rows = torch.tensor([row or (0, 0, 0) for row in streams], dtype=torch.int64)
             torch.ops.soap_cuda.feedback_sync_(weights, targets, magnitudes,
-                                               _scales_tensor(scales, weights[0].device))
+                                               _scales_tensor(scales, weights[0].device),
+                                               None, rows)
             for b, target in zip(b_matrices, targets):
                 if target is not b:
                     b.copy_(target)

@@ -4,6 +4,7 @@ import torch
 
 from soap_cuda.reference.feedback_sync import feedback_sync_ as ref_sync
 from soap_cuda.reference.feedback_sync import sync_value
+from soap_cuda.reference.philox import philox_normal
 
 import soap_cuda
 from conftest import devices, requires_cuda
@@ -62,6 +63,59 @@ def test_nan_weight_gives_nan_feedback_and_inf_gives_sign():
     assert torch.equal(torch.isnan(ref), torch.isnan(b))
 
 
+def _masked_case(dtype, device):
+    """make_layers with a due mask (layer 0 and 3 not due) and streams: layer 1 and 3 draw."""
+    weights, b, mags, scales = make_layers(dtype, device)
+    n = len(weights)
+    due = torch.tensor([i not in (0, 3) for i in range(n)], device=device)
+    rows = [(1, 123456789 + i, 7 * i) if i in (1, 3) else (0, 0, 0) for i in range(n)]
+    rows[1] = (1, -5, 2**40)  # a negative seed (its two's complement) and a big offset
+    mags = [None if row[0] else m for m, row in zip(mags, rows)]
+    return weights, b, mags, scales, due, torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_due_and_streams_match_reference_bit_for_bit(device, dtype):
+    weights, b_native, mags, scales, due, streams = _masked_case(dtype, device)
+    b_ref = [t.clone() for t in b_native]
+    op(weights, b_native, mags, scales, due, streams)
+    ref_sync(weights, b_ref, mags, scales, due, streams)
+    for i, (got, want) in enumerate(zip(b_native, b_ref)):
+        assert torch.equal(got, want), i
+        if not due[i]:  # untouched
+            assert torch.all(got == 5.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_drawn_magnitude_is_the_philox_stream(dtype):
+    """A drawing row gives scale * sign(W) * |noise|, the noise exactly philox_normal_fill's
+    tensor of (seed, offset) in W's dtype."""
+    w = torch.randn(31, 9).to(dtype)
+    b = torch.empty_like(w)
+    op([w], [b], [None], torch.tensor([0.3], dtype=torch.float64), None,
+       torch.tensor([[1, 42, 5]]))
+    noise = philox_normal(42, 5, w.shape, dtype=dtype)
+    if dtype != torch.float16:  # the op fills float32 and float64
+        filled = torch.empty_like(w)
+        torch.ops.soap_cuda.philox_normal_fill(filled, 42, 5)
+        assert torch.equal(filled, noise)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    want = (torch.sign(w.to(acc)) * noise.to(acc).abs() * 0.3).to(dtype)
+    assert torch.equal(b, want)
+
+
+def test_due_all_false_writes_nothing_and_streams_on_the_cpu_are_read():
+    w = [torch.randn(5, 4), torch.randn(3, 3)]
+    b = [torch.zeros(5, 4), torch.zeros(3, 3)]
+    op(w, b, [None, None], torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.bool))
+    assert all(torch.all(t == 0) for t in b)
+    op(w, b, [None, None], torch.ones(2, dtype=torch.float64), None,
+       torch.tensor([[0, 0, 0], [1, 3, 0]]))
+    assert torch.equal(b[0], torch.sign(w[0]))
+    assert torch.equal(torch.sign(b[1]), torch.sign(w[1])) and not torch.equal(b[1], torch.sign(w[1]))
+
+
 def test_empty_list_is_a_no_op():
     op([], [], [], torch.empty(0, dtype=torch.float64))
 
@@ -69,6 +123,8 @@ def test_empty_list_is_a_no_op():
 def test_opcheck():
     weights, b, mags, scales = make_layers(torch.float32)
     torch.library.opcheck(op, (weights, b, mags, scales))
+    weights, b, mags, scales, due, streams = _masked_case(torch.float32, "cpu")
+    torch.library.opcheck(op, (weights, b, mags, scales, due, streams))
 
 
 def _bad(case):
@@ -102,6 +158,18 @@ def _bad(case):
         return w, [shared.view(4, 5), shared[:9].view(3, 3)], m, s
     if case == "int":
         return [t.int() for t in w], [t.int() for t in b], m, s
+    due = torch.ones(2, dtype=torch.bool)
+    rows = torch.zeros(2, 3, dtype=torch.int64)
+    if case == "due_dtype":
+        return w, b, m, s, due.int()
+    if case == "due_len":
+        return w, b, m, s, due[:1]
+    if case == "streams_dtype":
+        return w, b, m, s, None, rows.int()
+    if case == "streams_shape":
+        return w, b, m, s, None, rows[:, :2].contiguous()
+    if case == "draw_and_magnitude":
+        return w, b, [torch.randn(4, 5), None], s, None, torch.tensor([[1, 0, 0], [0, 0, 0]])
     raise AssertionError(case)
 
 
@@ -118,6 +186,11 @@ def _bad(case):
     ("b_over_other_w", r"argument 'b_matrices\[1\]' must not share memory with 'weights\[0\]'"),
     ("b_over_other_b", r"argument 'b_matrices\[0\]' must not share memory with 'b_matrices\[1\]'"),
     ("int", r"argument 'weights\[0\]' must be a floating-point tensor"),
+    ("due_dtype", r"argument 'due' must be bool"),
+    ("due_len", r"argument 'due' must have one entry per layer \(2\)"),
+    ("streams_dtype", r"argument 'streams' must be int64"),
+    ("streams_shape", r"argument 'streams' must have shape \[2, 3\]"),
+    ("draw_and_magnitude", r"argument 'magnitudes\[0\]' must be None where 'streams' row 0"),
 ])
 def test_bad_input_is_rejected(case, pattern):
     with pytest.raises(RuntimeError, match=pattern):

@@ -63,7 +63,8 @@ void check_no_cross_layer_overlap(at::TensorList weights, at::TensorList b_matri
 
 void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
                               const c10::List<c10::optional<at::Tensor>>& magnitudes,
-                              const at::Tensor& scales) {
+                              const at::Tensor& scales, const c10::optional<at::Tensor>& due,
+                              const c10::optional<at::Tensor>& streams) {
   constexpr const char* op = "feedback_sync_";
   const size_t n = weights.size();
   SOAP_CHECK(b_matrices.size() == n && magnitudes.size() == n, "soap_cuda::feedback_sync_: "
@@ -75,13 +76,39 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
   SOAP_CHECK(static_cast<size_t>(scales.numel()) == n, "soap_cuda::feedback_sync_: argument "
               "'scales' must have one entry per layer (", n, "), got ", scales.numel());
   check_contiguous(op, "scales", scales);
+  const bool has_due = due.has_value() && due->defined();
+  if (has_due) {
+    check_dim(op, "due", *due, 1);
+    SOAP_CHECK(due->scalar_type() == at::kBool, "soap_cuda::feedback_sync_: argument 'due' "
+                "must be bool, got ", due->scalar_type());
+    SOAP_CHECK(static_cast<size_t>(due->numel()) == n, "soap_cuda::feedback_sync_: argument "
+                "'due' must have one entry per layer (", n, "), got ", due->numel());
+    check_contiguous(op, "due", *due);
+  }
+  const bool has_streams = streams.has_value() && streams->defined();
+  if (has_streams) {
+    check_dim(op, "streams", *streams, 2);
+    SOAP_CHECK(streams->scalar_type() == at::kLong, "soap_cuda::feedback_sync_: argument "
+                "'streams' must be int64, got ", streams->scalar_type());
+    SOAP_CHECK(static_cast<size_t>(streams->size(0)) == n && streams->size(1) == 3,
+                "soap_cuda::feedback_sync_: argument 'streams' must have shape [", n,
+                ", 3] (draw, seed, offset per layer), got ", streams->sizes());
+    check_contiguous(op, "streams", *streams);
+  }
   if (n == 0) return;
   const at::Tensor& first = weights[0];
-  // On the CPU, the CUDA kernel takes the scales from its layer table (no device read, and the
-  // caller needs no device tensor for them); on the weights' device, it reads them there.
+  // On the CPU, known scales and streams need no device tensor (the CUDA launch copies them
+  // once, with its other per-call values); on the weights' device, the kernel reads them there.
   SOAP_CHECK(scales.device() == first.device() || scales.is_cpu(), "soap_cuda::feedback_sync_: "
               "argument 'scales' must be on the device of 'weights[0]' (", first.device(),
               ") or on the CPU, got ", scales.device());
+  SOAP_CHECK(!has_streams || streams->device() == first.device() || streams->is_cpu(),
+              "soap_cuda::feedback_sync_: argument 'streams' must be on the device of "
+              "'weights[0]' (", first.device(), ") or on the CPU, got ", streams->device());
+  // due decides on the device, without a host read: it lives where the weights are
+  SOAP_CHECK(!has_due || due->device() == first.device(), "soap_cuda::feedback_sync_: argument "
+              "'due' must be on the device of 'weights[0]' (", first.device(), "), got ",
+              due->device());
   for (size_t i = 0; i < n; ++i) {
     const std::string wi = "weights[" + std::to_string(i) + "]";
     const std::string bi = "b_matrices[" + std::to_string(i) + "]";
@@ -90,14 +117,30 @@ void check_feedback_sync_args(at::TensorList weights, at::TensorList b_matrices,
     check_floating(op, wi.c_str(), w);
     check_like(op, wi, w, "weights[0]", first, /*same_shape=*/false);
     check_like(op, bi, b, wi, w, /*same_shape=*/true);
-    SOAP_CHECK(at::get_overlap_status(b, w) == at::MemOverlapStatus::No,
-                "soap_cuda::feedback_sync_: argument '", bi, "' must not be the same memory as '",
-                wi, "'");
     const c10::optional<at::Tensor> m = magnitudes.get(i);
     if (m.has_value() && m->defined()) {
       const std::string mi = "magnitudes[" + std::to_string(i) + "]";
       check_like(op, mi, *m, wi, w, /*same_shape=*/true);
     }
+  }
+  // A row that draws where a magnitude is given would be ambiguous; the draw flags are read on
+  // the host only when the streams are there already (a device read would sync).
+  if (has_streams && streams->is_cpu()) {
+    const int64_t* rows = streams->const_data_ptr<int64_t>();
+    for (size_t i = 0; i < n; ++i) {
+      const c10::optional<at::Tensor> m = magnitudes.get(i);
+      SOAP_CHECK(rows[3 * i] == 0 || !(m.has_value() && m->defined()), "soap_cuda::"
+                  "feedback_sync_: argument 'magnitudes[", i, "]' must be None where "
+                  "'streams' row ", i, " draws the magnitude");
+    }
+  }
+}
+
+void check_sync_memory(at::TensorList weights, at::TensorList b_matrices) {
+  for (size_t i = 0; i < weights.size(); ++i) {
+    SOAP_CHECK(at::get_overlap_status(b_matrices[i], weights[i]) == at::MemOverlapStatus::No,
+                "soap_cuda::feedback_sync_: argument 'b_matrices[", i, "]' must not be the same "
+                "memory as 'weights[", i, "]'");
   }
   check_no_cross_layer_overlap(weights, b_matrices);
 }

@@ -9,6 +9,7 @@
 
 #include "feedback_sync_kernel.h"
 #include "sync_element.h"
+#include "../common/philox.h"
 
 namespace soap_cuda {
 namespace {
@@ -33,10 +34,12 @@ __device__ int64_t layer_of_block(const SyncLayer* layers, int64_t num_layers, i
 
 template <typename scalar_t>
 __global__ void feedback_sync_kernel(const SyncLayer* __restrict__ layers, int64_t num_layers,
-                                     const double* __restrict__ scales) {
+                                     SyncValues values) {
   using acc_t = typename AccumulateType<scalar_t>::type;
   constexpr int N = 16 / sizeof(scalar_t);
   const int64_t index = layer_of_block(layers, num_layers, blockIdx.x);
+  // a layer not due this step: its blocks leave at once (a replayed graph launches them anyway)
+  if (values.due != nullptr && !values.due[index]) return;
   const SyncLayer layer = layers[index];
   const int64_t end_block = index + 1 < num_layers ? layers[index + 1].first_block
                                                    : static_cast<int64_t>(gridDim.x);
@@ -44,11 +47,24 @@ __global__ void feedback_sync_kernel(const SyncLayer* __restrict__ layers, int64
   scalar_t* b = static_cast<scalar_t*>(layer.b);
   const scalar_t* m = static_cast<const scalar_t*>(layer.m);
   const bool has_mag = m != nullptr;
-  const acc_t scale = static_cast<acc_t>(scales != nullptr ? scales[index] : layer.scale);
+  const acc_t scale = static_cast<acc_t>(values.scales[index]);
   const int64_t numel = layer.numel;
   const int64_t stride = (end_block - layer.first_block) * blockDim.x;
   const int64_t tid = (static_cast<int64_t>(blockIdx.x) - layer.first_block) * blockDim.x +
                       threadIdx.x;
+
+  if (values.streams != nullptr && values.streams[3 * index] != 0) {
+    // |M| drawn here, element j of Philox stream (seed, offset), in B's dtype first as a filled
+    // noise tensor would hold it: the CPU kernel's values, bit for bit. Rare (a sync of
+    // random_sign), so a plain strided loop.
+    const uint64_t seed = static_cast<uint64_t>(values.streams[3 * index + 1]);
+    const uint64_t offset = static_cast<uint64_t>(values.streams[3 * index + 2]);
+    for (int64_t j = tid; j < numel; j += stride) {
+      const scalar_t m_j = static_cast<scalar_t>(philox::normal(seed, offset, j));
+      b[j] = sync_element<scalar_t, acc_t>(w[j], m_j, scale, true);
+    }
+    return;
+  }
 
   const bool aligned = (reinterpret_cast<uintptr_t>(w) % 16 == 0) &&
                        (reinterpret_cast<uintptr_t>(b) % 16 == 0) &&
@@ -94,9 +110,9 @@ __global__ void feedback_sync_kernel(const SyncLayer* __restrict__ layers, int64
 
 template <typename scalar_t>
 cudaError_t launch(const SyncLayer* layers, int64_t num_layers, int64_t total_blocks,
-                   const double* scales, cudaStream_t stream) {
+                   SyncValues values, cudaStream_t stream) {
   feedback_sync_kernel<scalar_t><<<static_cast<unsigned>(total_blocks), kSyncThreads, 0,
-                                   stream>>>(layers, num_layers, scales);
+                                   stream>>>(layers, num_layers, values);
   return cudaGetLastError();
 }
 
@@ -124,15 +140,15 @@ int sync_blocks_per_sm(SyncDtype dtype) {
 }
 
 cudaError_t launch_feedback_sync(const SyncLayer* layers, int64_t num_layers,
-                                 int64_t total_blocks, const double* scales, SyncDtype dtype,
+                                 int64_t total_blocks, SyncValues values, SyncDtype dtype,
                                  cudaStream_t stream) {
   switch (dtype) {
-    case SyncDtype::kFloat: return launch<float>(layers, num_layers, total_blocks, scales, stream);
-    case SyncDtype::kDouble: return launch<double>(layers, num_layers, total_blocks, scales, stream);
+    case SyncDtype::kFloat: return launch<float>(layers, num_layers, total_blocks, values, stream);
+    case SyncDtype::kDouble: return launch<double>(layers, num_layers, total_blocks, values, stream);
     case SyncDtype::kHalf:
-      return launch<c10::Half>(layers, num_layers, total_blocks, scales, stream);
+      return launch<c10::Half>(layers, num_layers, total_blocks, values, stream);
     case SyncDtype::kBFloat16:
-      return launch<c10::BFloat16>(layers, num_layers, total_blocks, scales, stream);
+      return launch<c10::BFloat16>(layers, num_layers, total_blocks, values, stream);
   }
   return cudaErrorInvalidValue;
 }

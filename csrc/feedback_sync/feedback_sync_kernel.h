@@ -9,13 +9,24 @@
 
 namespace soap_cuda {
 
+// One layer of a launch: where it is and which blocks cover it. Nothing here changes from call
+// to call for the same tensors, so a table is built once and kept on the device (the plan
+// cache of feedback_sync_cuda.cpp); what does change (scales, due flags, noise streams) comes
+// as device arrays beside it.
 struct SyncLayer {
   const void* w;
   void* b;
   const void* m;  // nullptr: no magnitude factor
   int64_t numel;
   int64_t first_block;  // this layer's blocks are first_block .. next layer's first_block - 1
-  double scale;         // used when the launch gets no device scales
+};
+
+// The per-call arrays (device pointers), one entry per layer: scales[i]; due[i] (nullptr: every
+// layer); streams[3 i .. 3 i + 2] = (draw, seed, offset) (nullptr: no layer draws).
+struct SyncValues {
+  const double* scales;
+  const bool* due;
+  const int64_t* streams;
 };
 
 enum class SyncDtype : int { kFloat, kDouble, kHalf, kBFloat16 };
@@ -39,10 +50,9 @@ constexpr int kSyncUnroll = 4;
 int sync_blocks_per_sm(SyncDtype dtype);
 
 // One launch of total_blocks blocks over the device table `layers` (num_layers entries, sorted
-// by first_block); `scales` is a device array of num_layers entries, or nullptr to use each
-// entry's own scale. Returns the launch's error code.
+// by first_block) with the per-call `values`. Returns the launch's error code.
 cudaError_t launch_feedback_sync(const SyncLayer* layers, int64_t num_layers,
-                                 int64_t total_blocks, const double* scales, SyncDtype dtype,
+                                 int64_t total_blocks, SyncValues values, SyncDtype dtype,
                                  cudaStream_t stream);
 
 }  // namespace soap_cuda

@@ -9,6 +9,7 @@ _library.register_default("feedback_sync_", feedback_sync_)
 
 
 @torch.library.register_fake("soap_cuda::feedback_sync_")
-def _feedback_sync_fake(weights, b_matrices, magnitudes, scales):
-    check_feedback_sync_args(weights, b_matrices, magnitudes, scales, check_memory=False)
+def _feedback_sync_fake(weights, b_matrices, magnitudes, scales, due=None, streams=None):
+    check_feedback_sync_args(weights, b_matrices, magnitudes, scales, due, streams,
+                             check_memory=False)
     return None

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from .memory import byte_range, overlaps, ranges_overlap
+from .philox import philox_normal
 
 OP = "soap_cuda::feedback_sync_"
 
@@ -26,8 +27,35 @@ def _check_like(arg: str, t: Tensor, ref_arg: str, ref: Tensor, same_shape: bool
         _fail(arg, "must be contiguous (call .contiguous() first)")
 
 
-def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
-                             check_memory: bool = True) -> None:
+def _check_due_and_streams(n: int, due, streams, device) -> None:
+    if due is not None:
+        if due.dim() != 1:
+            _fail("due", f"must be 1-D, got shape {list(due.shape)}")
+        if due.dtype != torch.bool:
+            _fail("due", f"must be bool, got {due.dtype}")
+        if due.numel() != n:
+            _fail("due", f"must have one entry per layer ({n}), got {due.numel()}")
+        if not due.is_contiguous():
+            _fail("due", "must be contiguous (call .contiguous() first)")
+        if n and due.device != device:
+            _fail("due", f"must be on the device of 'weights[0]' ({device}), got {due.device}")
+    if streams is not None:
+        if streams.dim() != 2:
+            _fail("streams", f"must be 2-D, got shape {list(streams.shape)}")
+        if streams.dtype != torch.int64:
+            _fail("streams", f"must be int64, got {streams.dtype}")
+        if streams.shape[0] != n or streams.shape[1] != 3:
+            _fail("streams", f"must have shape [{n}, 3] (draw, seed, offset per layer), got "
+                             f"{list(streams.shape)}")
+        if not streams.is_contiguous():
+            _fail("streams", "must be contiguous (call .contiguous() first)")
+        if n and streams.device != device and streams.device.type != "cpu":
+            _fail("streams", f"must be on the device of 'weights[0]' ({device}) or on the CPU, "
+                             f"got {streams.device}")
+
+
+def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor, due=None,
+                             streams=None, check_memory: bool = True) -> None:
     """check_memory=False skips the aliasing check (fake tensors have no memory to compare)."""
     n = len(weights)
     if len(b_matrices) != n or len(magnitudes) != n:
@@ -41,6 +69,7 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
         _fail("scales", f"must have one entry per layer ({n}), got {scales.numel()}")
     if not scales.is_contiguous():
         _fail("scales", "must be contiguous (call .contiguous() first)")
+    _check_due_and_streams(n, due, streams, weights[0].device if n else None)
     if n == 0:
         return
     first = weights[0]
@@ -57,6 +86,11 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor,
             _fail(bi, f"must not be the same memory as '{wi}'")
         if m is not None:
             _check_like(mi, m, wi, w)
+    if streams is not None and streams.device.type == "cpu" and check_memory:
+        for i, m in enumerate(magnitudes):
+            if m is not None and int(streams[i, 0]) != 0:
+                _fail(f"magnitudes[{i}]", f"must be None where 'streams' row {i} draws the "
+                                          f"magnitude")
     if check_memory:
         _check_no_cross_layer_overlap(weights, b_matrices)
 
@@ -88,7 +122,20 @@ def sync_value(w: Tensor, m: Tensor | None, scale: Tensor) -> Tensor:
     return value.to(w.dtype)
 
 
-def feedback_sync_(weights, b_matrices, magnitudes, scales: Tensor) -> None:
-    check_feedback_sync_args(weights, b_matrices, magnitudes, scales)
+def drawn_magnitude(w: Tensor, seed: int, offset: int) -> Tensor:
+    """|M| of a drawing row: Philox stream (seed, offset) in W's shape and dtype (what
+    philox_normal_fill writes into such a tensor)."""
+    return philox_normal(seed, offset, w.shape, dtype=w.dtype, device=w.device)
+
+
+def feedback_sync_(weights, b_matrices, magnitudes, scales: Tensor, due=None,
+                   streams=None) -> None:
+    check_feedback_sync_args(weights, b_matrices, magnitudes, scales, due, streams)
+    rows = streams.tolist() if streams is not None else None
+    flags = due.tolist() if due is not None else None
     for i, (w, b, m) in enumerate(zip(weights, b_matrices, magnitudes)):
+        if flags is not None and not flags[i]:
+            continue
+        if rows is not None and rows[i][0] != 0:
+            m = drawn_magnitude(w, rows[i][1], rows[i][2])
         b.copy_(sync_value(w, m, scales[i]))
