@@ -35,6 +35,10 @@ def _compiler_disabled(fn):
 class FeedbackLayerMixin:
     """Mixed into an nn.Module that has `weight` (and optionally `bias`) parameters."""
 
+    # the soap_cuda.device_schedule.DeviceSchedule that counts and syncs for this layer (a
+    # graphed step's), or None: the layer counts its own batches
+    _schedule_driver = None
+
     def _configure_feedback(self, feedback: str, sync_every, sync_at_start: bool,
                             dfa_outputs=None, dfa_input_shape=None) -> None:
         fb.check_rule(feedback, sync_every)
@@ -122,9 +126,12 @@ class FeedbackLayerMixin:
 
     def _count_batch(self, input: Tensor, batched_dim: int) -> None:
         """The schedule's step of a forward pass (`batched_dim`: the input's rank when it
-        carries a batch; otherwise it is one example)."""
-        if schedule.counts(self, schedule.has_schedule(self)):
-            self._advance_schedule(input.shape[0] if input.dim() >= batched_dim else 1)
+        carries a batch; otherwise it is one example). A layer driven by a device schedule
+        (soap_cuda.graphed) leaves counting and syncing to it."""
+        if schedule.counts(self, schedule.has_schedule(self)) and self._schedule_driver is None:
+            batch = input.shape[0] if input.dim() >= batched_dim else 1
+            schedule.record(self, batch)
+            self._advance_schedule(batch)
 
     @_compiler_disabled
     def _advance_schedule(self, batch: int) -> None:
@@ -143,6 +150,8 @@ class FeedbackLayerMixin:
 
     # -- state ---------------------------------------------------------------------------------
     def get_extra_state(self):
+        if self._schedule_driver is not None:  # its device counters are the current ones
+            self._schedule_driver.write_back()
         return {"examples_seen": self.examples_seen, "sync_count": self.sync_count,
                 "feedback_seed": self.feedback_seed}
 
@@ -150,6 +159,8 @@ class FeedbackLayerMixin:
         self.examples_seen = int(state["examples_seen"])
         self.sync_count = int(state["sync_count"])
         self.feedback_seed = int(state["feedback_seed"])
+        if self._schedule_driver is not None:
+            self._schedule_driver.reload()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -164,5 +175,7 @@ class FeedbackLayerMixin:
                 missing_keys.remove(prefix + key)
         if "_extra_state" in absent:
             self.examples_seen = self.sync_count = 0
+            if self._schedule_driver is not None:
+                self._schedule_driver.reload()
         if "b_init" in absent or "b_init_norm" in absent:
             self._record_initial_feedback()

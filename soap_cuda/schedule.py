@@ -46,3 +46,31 @@ def advance(schedule, batch: int, world: int | None = None) -> bool:
     crossed = schedule.sync_every is not None and \
         schedule.examples_seen // schedule.sync_every > before // schedule.sync_every
     return first or crossed
+
+
+# -- recording and driving ---------------------------------------------------------------------
+# A graphed step (soap_cuda.graphed) runs the model's first step eagerly with a recorder here,
+# to learn how many examples each layer counts per step; after that a DeviceSchedule counts
+# and syncs for the layers (they are `driven` and skip their own count).
+_recording: dict | None = None
+
+
+class recording:
+    """Inside, every counted forward also adds its batch to `self.counts[layer]`."""
+
+    def __init__(self):
+        self.counts: dict = {}
+
+    def __enter__(self):
+        global _recording
+        self._outer, _recording = _recording, self.counts
+        return self
+
+    def __exit__(self, *exc):
+        global _recording
+        _recording = self._outer
+
+
+def record(layer, batch: int) -> None:
+    if _recording is not None:
+        _recording[layer] = _recording.get(layer, 0) + batch

@@ -1,0 +1,170 @@
+"""A whole training step (scheduled feedback sync, forward, loss, backward, optimizer step) as
+one CUDA graph replay, or one compiled graph, for small models whose eager steps are bound by
+host work.
+
+    step = soap_cuda.graphed_step(model, loss_fn, optimizer, (x0, y0))
+    for x, y in loader:
+        loss = step(x, y)          # a 0-d tensor on the model's device
+
+How it runs:
+1. The first call is an eager step in which the FA layers count and sync as always
+   (soap_cuda.schedule); it records how many examples each scheduled layer counts per step.
+   From then on a DeviceSchedule (soap_cuda.device_schedule) counts and syncs for those layers
+   on the device: one masked `feedback_sync_` launch per step for the whole model, which
+   syncs only the layers due, so the step has no host decision left.
+2. On CUDA (graphs=True, the default there), the next `warmup` calls run eagerly on a side
+   stream (allocator, cuDNN and optimizer state settle), then one call captures the step into
+   a CUDA graph and every later call copies the batch into the graph's input buffers and
+   replays it. On the CPU (or graphs=False) each call runs the step eagerly, or, with
+   compile=True, the sync, forward, loss and backward as one `torch.compile(fullgraph=True)`
+   graph followed by the optimizer's step (torch.optim's step always breaks a graph of its own).
+3. A batch of another shape (the last, partial one of an epoch) runs as an eager step on the
+   layers' own schedule, then the device schedule takes over again: results stay exact.
+
+Every call is a real training step (warm-up included) and gives the same results as the plain
+eager loop `sync (by schedule); loss = loss_fn(model(x), y); loss.backward(); optimizer.step();
+optimizer.zero_grad()`: bit for bit on the CPU, to float rounding on CUDA (cuBLAS may pick other
+kernels inside a graph). Every feedback rule works, DFA included (its hooks run at capture).
+
+What a graph fixes at capture: the model's tensors (do not move it or replace its parameters),
+the optimizer's hyperparameters given as Python numbers (give lr as a tensor to change it
+between replays), training mode, and autocast. Adam and AdamW need `capturable=True` under
+graphs. `state_dict()` of the model is always current (the layers fetch their counters from the
+device); `close()` hands the schedule back to the layers.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from . import feedback as fb
+from . import schedule
+from .device_schedule import DeviceSchedule
+
+
+def graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, example_batch, *,
+                 graphs: bool | None = None, compile: bool = False,
+                 warmup: int = 2) -> "GraphedStep":
+    """A training step for `model` (see the module docstring). `example_batch`: (input, target)
+    with the shapes, dtypes and device of the batches to come; graphs: capture a CUDA graph
+    (default: when the input is on CUDA); compile: torch.compile the step (without graphs);
+    warmup: eager steps before the capture."""
+    return GraphedStep(model, loss_fn, optimizer, example_batch, graphs=graphs,
+                       compile=compile, warmup=warmup)
+
+
+def _check_capturable(optimizer) -> None:
+    if optimizer.defaults.get("capturable") is False:
+        raise ValueError(f"{type(optimizer).__name__} steps inside a CUDA graph only with "
+                         f"capturable=True (its step count then stays on the device)")
+
+
+class GraphedStep:
+    def __init__(self, model, loss_fn, optimizer, example_batch, *, graphs, compile, warmup):
+        x, y = example_batch
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.shape = (tuple(x.shape), tuple(y.shape))
+        self.graphs = x.is_cuda if graphs is None else bool(graphs)
+        if self.graphs and not x.is_cuda:
+            raise ValueError("graphs=True needs the batch (and model) on a CUDA device")
+        if self.graphs and compile:
+            raise ValueError("choose graphs=True or compile=True: a CUDA graph already replays "
+                             "the whole step")
+        if self.graphs:
+            _check_capturable(optimizer)
+        if any(getattr(m, "schedule_paused", False) for m in fb.feedback_layers(model)):
+            raise ValueError("the model's schedule is paused (schedule_paused): a training step "
+                             "counts its examples")
+        self.warmup = warmup
+        self.schedule: DeviceSchedule | None = None
+        self.steps = 0
+        self.graph = None
+        self._compiled = torch.compile(self._body, fullgraph=True) if compile else None
+
+    # -- the step ----------------------------------------------------------------------------
+    def _body(self, x, y, increments):
+        """Sync (device schedule), forward, loss, backward: what a graph or compile captures."""
+        self.schedule.advance(increments)
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        return loss.detach()
+
+    def _finish(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _eager_on_layers(self, x, y):
+        """A step on the layers' own schedule, recording each one's count."""
+        if self.schedule is not None:
+            self.schedule.detach()
+        with schedule.recording() as rec:
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+        self._finish()
+        if self.schedule is None:
+            self.schedule = DeviceSchedule(rec.counts, schedule.world_size())
+        self.schedule.reload()
+        self.schedule.attach()
+        return loss.detach()
+
+    def _run(self, x, y):
+        inc = self.schedule.increments()
+        if self._compiled is not None:
+            with _trace_backward():
+                loss = self._compiled(x, y, inc)
+        else:
+            loss = self._body(x, y, inc)
+        self._finish()
+        return loss
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        if self.schedule is None or (tuple(x.shape), tuple(y.shape)) != self.shape:
+            return self._eager_on_layers(x, y)
+        if not self.graphs:
+            return self._run(x, y)
+        if self.graph is None and self.steps <= 1 + self.warmup:
+            return self._on_side_stream(lambda: self._run(x, y))
+        if self.graph is None:
+            self._capture(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss.clone()
+
+    # -- CUDA graphs -------------------------------------------------------------------------
+    @staticmethod
+    def _on_side_stream(fn):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            out = fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        return out
+
+    def _capture(self, x, y) -> None:
+        """Record one step into a graph (capture runs nothing: the caller replays it)."""
+        self.static_x, self.static_y = x.clone(), y.clone()
+        inc = self.schedule.increments()
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_loss = self._body(self.static_x, self.static_y, inc)
+            self.optimizer.step()
+        self.graph = graph
+
+    def close(self) -> None:
+        """The layers count and sync for themselves again (from the current counts)."""
+        if self.schedule is not None:
+            self.schedule.detach()
+        self.graph = None
+
+
+@contextlib.contextmanager
+def _trace_backward():
+    """Dynamo traces loss.backward() into the step's graph (off by default in torch)."""
+    import torch._dynamo
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        yield
