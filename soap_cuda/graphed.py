@@ -30,11 +30,13 @@ What a graph fixes at capture: the model's tensors (do not move it or replace it
 the optimizer's hyperparameters given as Python numbers (give lr as a tensor to change it
 between replays), training mode, and autocast. Adam and AdamW need `capturable=True` under
 graphs. `state_dict()` of the model is always current (the layers fetch their counters from the
-device); `close()` hands the schedule back to the layers.
+device); a layer's `examples_seen` and `sync_count` attributes are brought up to date by
+`update_layers()`, and `close()` hands the schedule back to the layers.
 """
 from __future__ import annotations
 
 import contextlib
+import types
 
 import torch
 from torch import nn
@@ -74,14 +76,19 @@ class GraphedStep:
                              "the whole step")
         if self.graphs:
             _check_capturable(optimizer)
-        if any(getattr(m, "schedule_paused", False) for m in fb.feedback_layers(model)):
+        layers = fb.feedback_layers(model)
+        if any(layer._schedule_driver is not None for layer in layers):
+            raise ValueError("a layer of this model is driven by another graphed step already; "
+                             "close() that one first")
+        if any(layer.schedule_paused for layer in layers):
             raise ValueError("the model's schedule is paused (schedule_paused): a training step "
                              "counts its examples")
         self.warmup = warmup
         self.schedule: DeviceSchedule | None = None
         self.steps = 0
         self.graph = None
-        self._compiled = torch.compile(self._body, fullgraph=True) if compile else None
+        self._compiled = torch.compile(_own_code(self._body), fullgraph=True) if compile \
+            else None
 
     # -- the step ----------------------------------------------------------------------------
     def _body(self, x, y, increments):
@@ -155,11 +162,27 @@ class GraphedStep:
             self.optimizer.step()
         self.graph = graph
 
+    def update_layers(self) -> None:
+        """Copy the device counters into the layers' `examples_seen` and `sync_count` (which a
+        driven layer does not update itself; its state_dict() always reads the device)."""
+        if self.schedule is not None:
+            self.schedule.write_back()
+
     def close(self) -> None:
         """The layers count and sync for themselves again (from the current counts)."""
         if self.schedule is not None:
             self.schedule.detach()
         self.graph = None
+
+
+def _own_code(method):
+    """`method` with a code object of its own: dynamo keeps compiled graphs, and counts
+    recompilations against its limit, per code object, so every step compiles for itself
+    instead of recompiling one shared `_body` for each new model."""
+    fn = method.__func__
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
 
 
 @contextlib.contextmanager
