@@ -107,12 +107,9 @@ def sync_layers(layers) -> int:
             magnitudes = [m.contiguous() if m is not None else None for m in magnitudes]
             # a channels_last conv layer's B is not contiguous: sync into a copy, write it back
             targets = [b if b.is_contiguous() else b.contiguous() for b in b_matrices]
-            rows = None
-            if any(row is not None for row in streams):
-                rows = torch.tensor([row or (0, 0, 0) for row in streams], dtype=torch.int64)
             torch.ops.soap_cuda.feedback_sync_(weights, targets, magnitudes,
                                                _scales_tensor(scales, weights[0].device),
-                                               None, rows)
+                                               None, _stream_rows(group, streams))
             for b, target in zip(b_matrices, targets):
                 if target is not b:
                     b.copy_(target)
@@ -123,16 +120,117 @@ def sync_layers(layers) -> int:
     return sum(len(g) for g in groups.values())
 
 
+def _stream_rows(layers, streams) -> torch.Tensor | None:
+    if all(row is None for row in streams):
+        return None
+    return torch.tensor([row or (0, 0, 0) for row in streams], dtype=torch.int64)
+
+
+class SyncPlan:
+    """sync_layers for a fixed list of FA layers with everything that does not change between
+    syncs worked out once: the groups, the detached W, B and B0 of each, the scales that do not
+    depend on W. A sync of a small model is mostly host work, and this is most of it. The plan
+    holds while every layer keeps its rule and the very tensors it was made from (`valid`:
+    a parameter or buffer replaced, `.to()`, or `.data` swapped makes a new one)."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.synced = [layer for layer in self.layers if layer.feedback in SYNC_RULES]
+        self.fingerprint = self._fingerprint()
+        groups = defaultdict(list)
+        for layer in self.synced:
+            groups[(layer.weight.device, layer.weight.dtype)].append(layer)
+        self.calls = []
+        for group in groups.values():
+            args = [sync_arguments(layer) for layer in group]
+            weights, b_matrices, magnitudes, scales, _ = (list(col) for col in zip(*args))
+            tensors = weights + b_matrices + [m for m in magnitudes if m is not None]
+            if not all(t.is_contiguous() for t in tensors):
+                self.calls = None  # a channels_last conv layer: sync_layers copies
+                return
+            scaled = [i for i, layer in enumerate(group) if layer.feedback == "scaled_sign"]
+            fixed = None if scaled else _scales_tensor(scales, weights[0].device)
+            self.calls.append((group, weights, b_matrices, magnitudes, scaled, fixed))
+
+    def _fingerprint(self) -> list:
+        """What the plan depends on, per layer: its rule, and each tensor and its storage."""
+        out = []
+        for layer in self.layers:
+            # the module's dicts directly: nn.Module.__getattr__ costs ~0.5 us, a miss ~2 us
+            params, buffers = layer._parameters, layer._buffers
+            w = params.get("weight")
+            b = buffers.get("b_matrix")
+            if b is None:
+                b = params.get("b_matrix")
+            out.append((layer.feedback, w, w.data_ptr() if w is not None else 0, b,
+                        b.data_ptr() if b is not None else 0, buffers.get("b_init")))
+        return out
+
+    def __reduce__(self):
+        # a copy or pickle of the model carries no plan (it would alias the original's tensors)
+        return type(None), ()
+
+    def valid(self, layers) -> bool:
+        return layers == self.layers and self._fingerprint() == self.fingerprint
+
+    def run(self) -> int:
+        if self.calls is None:
+            return sync_layers(self.layers)
+        op = torch.ops.soap_cuda.feedback_sync_
+        for group, weights, b_matrices, magnitudes, scaled, fixed in self.calls:
+            scales = fixed
+            if scales is None:  # scaled_sign: from W now (0-d device tensors, no host read)
+                scales = _scales_tensor([sync_arguments(layer)[3] for layer in group],
+                                        weights[0].device)
+            rows = [(1, stream_seed(layer.feedback_seed), layer.sync_count)
+                    if layer.feedback == "random_sign" else None for layer in group]
+            op(weights, b_matrices, magnitudes, scales, None, _stream_rows(group, rows))
+            for layer in group:
+                # straight into the instance dict: nn.Module.__setattr__ costs ~3 us a layer
+                vars(layer)["sync_count"] = layer.sync_count + 1
+        return len(self.synced)
+
+
+def plan_for(owner, layers) -> SyncPlan:
+    """The SyncPlan of `layers` kept on `owner` (a model, or a layer syncing itself), remade
+    when it no longer holds."""
+    plan = owner.__dict__.get("_soap_cuda_sync_plan")
+    if plan is None or not plan.valid(layers):
+        plan = SyncPlan(layers)
+        owner.__dict__["_soap_cuda_sync_plan"] = plan
+    return plan
+
+
+_MIXIN = None
+
+
+def _collect(module: nn.Module, out: list) -> None:
+    if isinstance(module, _MIXIN):
+        out.append(module)
+    for child in module._modules.values():
+        if child is not None:
+            _collect(child, out)
+
+
 def feedback_layers(model: nn.Module):
-    """Every feedback-alignment layer of the model (FALinear, FAConv1d/2d/3d), in order."""
-    from .feedback_layer import FeedbackLayerMixin
-    return [m for m in model.modules() if isinstance(m, FeedbackLayerMixin)]
+    """Every feedback-alignment layer of the model (FALinear, FAConv1d/2d/3d), in order, each
+    once (as model.modules(), walked directly: a per-sync cost of small models)."""
+    global _MIXIN
+    if _MIXIN is None:
+        from .feedback_layer import FeedbackLayerMixin
+        _MIXIN = FeedbackLayerMixin
+    out: list = []
+    _collect(model, out)
+    if len(set(map(id, out))) != len(out):  # a layer used twice: its first place
+        seen: set = set()
+        out = [m for m in out if not (id(m) in seen or seen.add(id(m)))]
+    return out
 
 
 def sync_feedback(model: nn.Module) -> int:
     """Sync every sign-type FALinear in `model` now (for users who drive the schedule
     themselves, e.g. around a compiled training step). Returns how many layers were synced."""
-    return sync_layers(feedback_layers(model))
+    return plan_for(model, feedback_layers(model)).run()
 
 
 @contextlib.contextmanager

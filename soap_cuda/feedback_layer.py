@@ -140,7 +140,7 @@ class FeedbackLayerMixin:
 
     def sync_now(self) -> None:
         """Apply the feedback rule now (B from the current W)."""
-        fb.sync_layers([self])
+        fb.plan_for(self, [self]).run()
 
     def _feedback_repr(self) -> str:
         text = f", feedback={self.feedback!r}" if self.feedback != "fa" else ""
