@@ -95,6 +95,33 @@ def conv(rows) -> str:
     return _table(head, out)
 
 
+def graphed_steps(rows) -> str:
+    head = ["model", "dtype"] + [f"{k} ms" for k in ("nn eager", "nn graphed", "fa eager",
+                                                    "fa graphed", "sign eager", "sign graphed",
+                                                    "dfa eager", "dfa graphed")] + \
+        ["fa eager / graphed", "fa graphed / nn graphed", "sign graphed / nn graphed",
+         "dfa graphed / nn graphed", "reps"]
+    out = []
+    for r in rows:
+        ms = r["median_ms"]
+        out.append([r["model"], r["dtype"]] +
+                   [_f(ms[k]) for k in ("nn eager", "nn graphed", "fa eager", "fa graphed",
+                                        "sign eager", "sign graphed", "dfa eager",
+                                        "dfa graphed")] +
+                   [f"{r['fa_eager_over_graphed']:.2f}", f"{r['fa_graphed_over_nn_graphed']:.3f}",
+                    f"{r['sign_graphed_over_nn_graphed']:.3f}",
+                    f"{r['dfa_graphed_over_nn_graphed']:.3f}", r["reps"]])
+    return _table(head, out)
+
+
+def sync_host(rows) -> str:
+    head = ["model", "params", "fused sync_feedback us", "per-layer torch us",
+            "fused / per-layer", "reps"]
+    return _table(head, [[r["model"], f"{r['parameters'] / 1e6:.1f}M",
+                          _f(r["host_us"]["fused"]), _f(r["host_us"]["per-layer"]),
+                          f"{r['fused_over_per_layer']:.2f}", r["reps"]] for r in rows])
+
+
 def perturb(rows) -> str:
     head = ["batch", "K", "batched ms", "loop ms", "loop / batched", "batched peak MiB",
             "largest tiled activation MiB", "loop peak MiB", "K noise copies MiB", "reps"]
@@ -155,6 +182,12 @@ def targets(result: dict) -> str:
         lines.append("- Sync bandwidth target is for GPUs; on this CPU the fused sync reached "
                      + ", ".join(f"{_pct(r['fused_pct_of_copy'])} ({r['model']} {r['rule']})" for r in big)
                      + " of the measured copy bandwidth for the >10M models.")
+    for r in result.get("graphed", {}).get("steps", []):
+        worst = max(r[f"{rule}_graphed_over_nn_graphed"] for rule in ("fa", "sign", "dfa"))
+        lines.append(f"- Graphed FA steps (fa, sign, dfa) within 1.05x of graphed torch layers "
+                     f"at {r['model']} {r['dtype']}: {'met' if worst <= 1.05 else 'missed'} "
+                     f"(worst {worst:.3f}); fa eager / graphed {r['fa_eager_over_graphed']:.2f}x"
+                     f"{' (target >= 5x on a GPU)' if gpu else ''}.")
     k32 = [r for r in result.get("perturb", []) if r["K"] == 32 and r["batch"] == 64]
     if k32:
         s = k32[0]["loop_over_batched"]
@@ -197,6 +230,15 @@ def report(result: dict) -> str:
         parts += ["## Feedback sync of a whole model (medians)",
                   "Bytes moved = read W (+ read |B0| for rescaled_sign) + write B.",
                   sync(result["sync"])]
+    if result.get("graphed"):
+        parts += ["## Whole train steps, eager and graphed (medians)",
+                  "soap_cuda.graphed_step: a CUDA graph replay on CUDA, torch.compile(fullgraph="
+                  "True) of the step on the CPU; nn = the torch layers (backprop) through the "
+                  "same graphed_step; sign syncs every 1,000 examples inside the timed steps.",
+                  graphed_steps(result["graphed"]["steps"]),
+                  "Host time of one sync call (sign rule), the device work waited for outside "
+                  "it; fused = soap_cuda.sync_feedback, per-layer = b.copy_(sign(w)) per layer.",
+                  sync_host(result["graphed"]["sync_host"])]
     if result.get("perturb"):
         parts += ["## Perturbation: K batched passes vs a Python loop (medians)",
                   "Peak MiB: memory one call adds over what was allocated before it. Any "

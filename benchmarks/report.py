@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from . import (conv, layers, machine, markdown, perturbation, roofline, rules, runners,
-               sync)
+from . import (conv, graphed, layers, machine, markdown, perturbation, roofline, rules,
+               runners, sync)
 from .timing import pin_threads
 
-SECTIONS = ("layers", "rules", "conv", "sync", "perturb")
+SECTIONS = ("layers", "rules", "conv", "sync", "graphed", "perturb")
 
 
 def parse_args(argv=None):
@@ -62,6 +62,7 @@ def run(args) -> dict:
     if args.tiny:
         shapes, models, ks, batches = [layers.TINY], [sync.TINY], (1, 2), (4,)
         conv_models, rule_shapes = [conv.TINY], [rules.TINY]
+        step_models, sync_hosts = [graphed.TINY], [sync.TINY]
         pdims = (16, 32, 4)
     else:
         shapes = layers.SHAPES[:2] if args.quick else layers.SHAPES
@@ -72,6 +73,9 @@ def run(args) -> dict:
         pdims = perturbation.DIMS
         conv_models = list(conv.MODELS[:1] if args.quick else conv.MODELS)
         rule_shapes = list(rules.SHAPES)
+        step_models = [m for m in graphed.MODELS if device == "cuda" or not m.gpu_only]
+        step_models = step_models[:1] if args.quick else step_models
+        sync_hosts = list(graphed.SYNC_MODELS[:1] if args.quick else graphed.SYNC_MODELS)
     t0 = time.perf_counter()
     sizes = {"copy_bytes": 1 << 20, "matmul_n": 64} if args.tiny else None
     result = {"machine": machine.describe(device, threads),
@@ -86,6 +90,9 @@ def run(args) -> dict:
         result["conv"] = runners.run_conv(device, args.dtypes, conv_models, plan)
     if "sync" in args.sections:
         result["sync"] = runners.run_sync(device, args.dtypes, models, plan, result["roofline"])
+    if "graphed" in args.sections:
+        result["graphed"] = runners.run_graphed(device, args.dtypes, step_models, sync_hosts,
+                                                plan)
     if "perturb" in args.sections:
         result["perturb"] = runners.run_perturb(device, ks, batches, plan, dims=pdims)
     result["seconds"] = time.perf_counter() - t0

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import conv, layers, perturbation, rules, sync
+from . import conv, graphed, layers, perturbation, rules, sync
 from .timing import Variant, interleave
 
 
@@ -140,6 +140,18 @@ def run_conv(device: str, dtypes, models, plan: Plan) -> list[dict]:
     return _train_steps(device, dtypes, models, conv, conv.KINDS, plan, lambda spec, ms: {
         "model": spec.name, "batch": spec.batch,
         "fa_over_torch": ms["fa"] / ms["torch"], "sign_over_torch": ms["sign"] / ms["torch"]})
+
+
+def run_graphed(device: str, dtypes, models, sync_models, plan: Plan) -> dict:
+    steps = _train_steps(device, dtypes, models, graphed, graphed.KINDS, plan, lambda spec, ms: {
+        "model": spec.name, "batch": spec.batch,
+        **{f"{rule}_eager_over_graphed": ms[f"{rule} eager"] / ms[f"{rule} graphed"]
+           for rule in graphed.RULES},
+        **{f"{rule}_graphed_over_nn_graphed": ms[f"{rule} graphed"] / ms["nn graphed"]
+           for rule in graphed.RULES if rule != "nn"}})
+    host = [graphed.sync_host_cost(spec, device, dtype, max(plan.reps, 5))
+            for dtype in dtypes for spec in sync_models]
+    return {"steps": steps, "sync_host": host}
 
 
 def run_rules(device: str, dtypes, shapes, plan: Plan) -> list[dict]:
