@@ -47,12 +47,13 @@ from .device_schedule import DeviceSchedule
 
 
 def graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, example_batch, *,
-                 graphs: bool | None = None, compile: bool = False,
+                 graphs: bool | None = None, compile: bool | str = False,
                  warmup: int = 2) -> "GraphedStep":
     """A training step for `model` (see the module docstring). `example_batch`: (input, target)
     with the shapes, dtypes and device of the batches to come; graphs: capture a CUDA graph
-    (default: when the input is on CUDA); compile: torch.compile the step (without graphs);
-    warmup: eager steps before the capture."""
+    (default: when the input is on CUDA and compile is off); compile: torch.compile the step
+    (True, or a torch.compile mode such as "reduce-overhead", which on CUDA replays torch's own
+    CUDA graphs); warmup: eager steps before the capture."""
     return GraphedStep(model, loss_fn, optimizer, example_batch, graphs=graphs,
                        compile=compile, warmup=warmup)
 
@@ -68,7 +69,7 @@ class GraphedStep:
         x, y = example_batch
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.shape = (tuple(x.shape), tuple(y.shape))
-        self.graphs = x.is_cuda if graphs is None else bool(graphs)
+        self.graphs = (x.is_cuda and not compile) if graphs is None else bool(graphs)
         if self.graphs and not x.is_cuda:
             raise ValueError("graphs=True needs the batch (and model) on a CUDA device")
         if self.graphs and compile:
@@ -87,8 +88,9 @@ class GraphedStep:
         self.schedule: DeviceSchedule | None = None
         self.steps = 0
         self.graph = None
-        self._compiled = torch.compile(_own_code(self._body), fullgraph=True) if compile \
-            else None
+        mode = compile if isinstance(compile, str) else None
+        self._compiled = torch.compile(_own_code(self._body), fullgraph=True, mode=mode) \
+            if compile else None
 
     # -- the step ----------------------------------------------------------------------------
     def _body(self, x, y, increments):

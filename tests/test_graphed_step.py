@@ -102,6 +102,15 @@ def test_compiled_step_fullgraph_equals_eager(rule):
     assert_same_state(a, b, atol=1e-12)
 
 
+def test_compile_mode_reduce_overhead():
+    data = batches("mlp", n=6)
+    a, b = mlp("random_sign"), mlp("random_sign")
+    want = plain_loop(a, sgd(a), data)
+    got, _ = graphed_loop(b, sgd(b), data, compile="reduce-overhead")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert_same_state(a, b, atol=1e-12)
+
+
 @pytest.mark.parametrize("rule", ["dfa", "random_sign", "scaled_sign", "kolen_pollack"])
 def test_compiled_conv_step_equals_eager(rule):
     data = batches("cnn", n=5)
@@ -224,6 +233,19 @@ def test_cuda_graph_replays_equal_the_eager_loop(make, kind, rule):
             torch.testing.assert_close(sb[key], sa[key], rtol=1e-4, atol=1e-5, msg=key)
         else:
             assert sb[key] == sa[key], key
+
+
+@requires_cuda
+@pytest.mark.parametrize("rule", ["sign", "random_sign", "dfa"])
+def test_cuda_compiled_reduce_overhead_step_equals_the_eager_loop(rule):
+    data = batches("mlp", n=12, last=0, dtype=torch.float32, device="cuda")
+    a = mlp(rule, dtype=torch.float32, device="cuda")
+    b = mlp(rule, dtype=torch.float32, device="cuda")
+    want = plain_loop(a, sgd(a), data)
+    got, step = graphed_loop(b, sgd(b), data, compile="reduce-overhead")
+    assert not step.graphs
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_same_state(a, b, atol=1e-5)
 
 
 @requires_cuda
