@@ -276,3 +276,35 @@ def test_what_stack_refuses_and_why():
         net(torch.randn(3, 4, 3), per_model=True)
     with pytest.raises(ValueError, match="at least one model"):
         stacked.stack([])
+
+
+def test_a_compiled_stack_equals_the_eager_one(float64):
+    """torch.compile of a stack's forward and backward (loss.backward() traced) over steps that
+    cross syncs: every rule side by side, bp models' rows of B refreshed from W at every step
+    (a compiled graph cannot watch W's version counter)."""
+    import torch._dynamo
+
+    rules = ["fa", "sign", "random_sign", "kolen_pollack", "bp"]
+    nets = [stacked.stack([conv_model(r, i) for i, r in enumerate(rules)]) for _ in range(2)]
+    data = [(torch.randn(len(rules), 8, 2, 8, 8), torch.randint(0, 5, (len(rules), 8)))
+            for _ in range(10)]
+
+    def make(net):
+        def forward_backward(x, y):
+            losses = stacked.per_model_loss(net(x, per_model=True), y)
+            losses.sum().backward()
+            return losses.detach()
+        return stacked.SGD(net.parameters(), lr=0.05, momentum=0.9), forward_backward
+
+    (eager_opt, eager), (compiled_opt, compiled) = make(nets[0]), make(nets[1])
+    compiled = torch.compile(compiled)
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        for x, y in data:
+            want = eager(x, y)
+            eager_opt.step()
+            eager_opt.zero_grad()
+            got = compiled(x, y)
+            compiled_opt.step()
+            compiled_opt.zero_grad()
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    _assert_same_state(nets[1].state_dict(), nets[0].state_dict())

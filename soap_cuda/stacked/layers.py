@@ -149,8 +149,10 @@ class StackedFeedbackLayer(nn.Module):
     @torch.no_grad()
     def _copy_bp_weights(self, weight: torch.Tensor) -> None:
         # In place and only when W moved: a copy of the bp rows alone (not all of B) per step,
-        # and no version bump of a B that a graph not yet backpropagated saved.
-        own = weight is self._parameters.get("weight")
+        # and no version bump of a B that a graph not yet backpropagated saved. A compiled
+        # graph copies every time: it cannot see a version counter (it would keep the one it
+        # was traced with, and never copy again).
+        own = weight is self._parameters.get("weight") and not torch.compiler.is_compiling()
         if own and self._bp_copied == weight._version:
             return
         b, w = self.b_matrix.view(self.models, -1), weight.view(self.models, -1)
