@@ -27,28 +27,29 @@ def _check_like(arg: str, t: Tensor, ref_arg: str, ref: Tensor, same_shape: bool
         _fail(arg, "must be contiguous (call .contiguous() first)")
 
 
+def _check_table(arg: str, t: Tensor, dtype: torch.dtype, n: int, columns: int | None) -> None:
+    """A per-layer argument: one entry (columns=None) or one row of `columns` per layer."""
+    dim = 1 if columns is None else 2
+    if t.dim() != dim:
+        _fail(arg, f"must be {dim}-D, got shape {list(t.shape)}")
+    if t.dtype != dtype:
+        _fail(arg, f"must be {str(dtype).replace('torch.', '')}, got {t.dtype}")
+    if columns is None and t.numel() != n:
+        _fail(arg, f"must have one entry per layer ({n}), got {t.numel()}")
+    if columns is not None and (t.shape[0] != n or t.shape[1] != columns):
+        _fail(arg, f"must have shape [{n}, {columns}] (draw, seed, offset per layer), got "
+                   f"{list(t.shape)}")
+    if not t.is_contiguous():
+        _fail(arg, "must be contiguous (call .contiguous() first)")
+
+
 def _check_due_and_streams(n: int, due, streams, device) -> None:
     if due is not None:
-        if due.dim() != 1:
-            _fail("due", f"must be 1-D, got shape {list(due.shape)}")
-        if due.dtype != torch.bool:
-            _fail("due", f"must be bool, got {due.dtype}")
-        if due.numel() != n:
-            _fail("due", f"must have one entry per layer ({n}), got {due.numel()}")
-        if not due.is_contiguous():
-            _fail("due", "must be contiguous (call .contiguous() first)")
+        _check_table("due", due, torch.bool, n, None)
         if n and due.device != device:
             _fail("due", f"must be on the device of 'weights[0]' ({device}), got {due.device}")
     if streams is not None:
-        if streams.dim() != 2:
-            _fail("streams", f"must be 2-D, got shape {list(streams.shape)}")
-        if streams.dtype != torch.int64:
-            _fail("streams", f"must be int64, got {streams.dtype}")
-        if streams.shape[0] != n or streams.shape[1] != 3:
-            _fail("streams", f"must have shape [{n}, 3] (draw, seed, offset per layer), got "
-                             f"{list(streams.shape)}")
-        if not streams.is_contiguous():
-            _fail("streams", "must be contiguous (call .contiguous() first)")
+        _check_table("streams", streams, torch.int64, n, 3)
         if n and streams.device != device and streams.device.type != "cpu":
             _fail("streams", f"must be on the device of 'weights[0]' ({device}) or on the CPU, "
                              f"got {streams.device}")
@@ -61,14 +62,7 @@ def check_feedback_sync_args(weights, b_matrices, magnitudes, scales: Tensor, du
     if len(b_matrices) != n or len(magnitudes) != n:
         raise RuntimeError(f"{OP}: arguments 'weights', 'b_matrices' and 'magnitudes' must have "
                            f"the same length, got {n}, {len(b_matrices)} and {len(magnitudes)}")
-    if scales.dim() != 1:
-        _fail("scales", f"must be 1-D, got shape {list(scales.shape)}")
-    if scales.dtype != torch.float64:
-        _fail("scales", f"must be float64, got {scales.dtype}")
-    if scales.numel() != n:
-        _fail("scales", f"must have one entry per layer ({n}), got {scales.numel()}")
-    if not scales.is_contiguous():
-        _fail("scales", "must be contiguous (call .contiguous() first)")
+    _check_table("scales", scales, torch.float64, n, None)
     _check_due_and_streams(n, due, streams, weights[0].device if n else None)
     if n == 0:
         return
