@@ -2,8 +2,9 @@
 as tensor code with no host read, so a whole training step can be one CUDA graph or one
 compiled graph (soap_cuda.graphed).
 
-A DeviceSchedule takes over the scheduled FA layers of a model (their own forwards stop
-counting: `FeedbackLayerMixin._schedule_driver`). Each `advance(increments)` adds each layer's
+A DeviceSchedule takes over the scheduled FA layers of a model, or the scheduled model slices
+of a stacked network (their own forwards stop counting: `_schedule_driver` of the FA layer or
+the stacked layer). Each `advance(increments)` adds each layer's
 examples of one step to its counter and makes one masked `feedback_sync_` call per
 (device, dtype) for all sync-rule layers: the due ones are synced, the others untouched. The
 rule is the layers' own (soap_cuda.schedule): due when the count crosses a multiple of
@@ -125,22 +126,31 @@ class DeviceSchedule:
                 group.advance(inc)
 
     def attach(self) -> None:
-        layers = self.layers()
-        if any(layer._schedule_driver not in (None, self) for layer in layers):
+        owners = self.owners()
+        if any(owner._schedule_driver not in (None, self) for owner in owners):
             raise ValueError("a layer of this model is driven by another graphed step already; "
                              "close() that one first")
-        for layer in layers:
-            layer._schedule_driver = self
+        for owner in owners:
+            owner._schedule_driver = self
 
     def detach(self) -> None:
         """The layers count for themselves again, from the current counts."""
         self.write_back()
-        for layer in self.layers():
-            if layer._schedule_driver is self:
-                layer._schedule_driver = None
+        for owner in self.owners():
+            if owner._schedule_driver is self:
+                owner._schedule_driver = None
 
     def layers(self) -> list:
         return [layer for g in self.groups for layer in g.layers]
+
+    def owners(self) -> list:
+        """The modules that count: each FA layer, and for a model's slice of a stacked layer
+        (soap_cuda.stacked.ModelSlice) the stacked layer."""
+        out = {}
+        for layer in self.layers():
+            owner = getattr(layer, "_stacked", layer)
+            out[id(owner)] = owner
+        return list(out.values())
 
     def write_back(self) -> None:
         for g in self.groups:

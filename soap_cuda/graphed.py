@@ -41,7 +41,6 @@ import types
 import torch
 from torch import nn
 
-from . import feedback as fb
 from . import schedule
 from .device_schedule import DeviceSchedule
 
@@ -59,6 +58,11 @@ def graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, ex
 
 
 def _check_capturable(optimizer) -> None:
+    from .stacked.optim import _StackedOptimizer
+    if isinstance(optimizer, _StackedOptimizer):
+        raise ValueError("soap_cuda.stacked's SGD and Adam do not step inside a CUDA graph yet "
+                         "(per-model values and Adam's step count are host values a replay "
+                         "would not see): use graphs=False or compile=True")
     if optimizer.defaults.get("capturable") is False:
         raise ValueError(f"{type(optimizer).__name__} steps inside a CUDA graph only with "
                          f"capturable=True (its step count then stays on the device)")
@@ -77,7 +81,8 @@ class GraphedStep:
                              "the whole step")
         if self.graphs:
             _check_capturable(optimizer)
-        layers = fb.feedback_layers(model)
+        # FA layers and stacked layers: what keeps a schedule
+        layers = [m for m in model.modules() if hasattr(type(m), "_schedule_driver")]
         if any(layer._schedule_driver is not None for layer in layers):
             raise ValueError("a layer of this model is driven by another graphed step already; "
                              "close() that one first")

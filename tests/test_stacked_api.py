@@ -308,3 +308,39 @@ def test_a_compiled_stack_equals_the_eager_one(float64):
             compiled_opt.zero_grad()
             torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     _assert_same_state(nets[1].state_dict(), nets[0].state_dict())
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_graphed_step_drives_a_stacks_schedules(float64, compile):
+    """soap_cuda.graphed_step on a stack: its device schedule counts and syncs every model's
+    slices (one masked sync per step); the same results as the stack's plain loop, and the
+    counters current in the state_dict."""
+    rules = ["sign", "random_sign", "scaled_sign", "rescaled_sign", "fa", "bp"]
+    nets = [stacked.stack([conv_model(r, i) for i, r in enumerate(rules)]) for _ in range(2)]
+    data = [(torch.randn(len(rules), 5, 2, 8, 8), torch.randint(0, 5, (len(rules), 5)))
+            for _ in range(9)]
+
+    def loss_fn(out, y):
+        return stacked.per_model_loss(out, y).sum()
+
+    eager, driven = nets
+    eager_opt = stacked.SGD(eager.parameters(), lr=0.05, momentum=0.9)
+    want = []
+    for x, y in data:
+        loss = loss_fn(eager(x), y)
+        loss.backward()
+        eager_opt.step()
+        eager_opt.zero_grad()
+        want.append(loss.detach())
+    step = soap_cuda.graphed_step(driven, loss_fn,
+                                  stacked.SGD(driven.parameters(), lr=0.05, momentum=0.9),
+                                  data[0], compile=compile)
+    got = [step(x, y) for x, y in data]
+    assert len(step.schedule.groups[0].synced) == 3 * 4  # three layers of four sync models
+    assert all(layer._schedule_driver is step.schedule for layer in driven.layers)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0,
+                               atol=1e-12 if compile else 0)
+    _assert_same_state(driven.state_dict(), eager.state_dict(), rel=1e-12 if compile else 0)
+    assert driven.layers[0].get_extra_state()["sync_count"][0] == 3  # 45 examples, T = 12
+    with pytest.raises(ValueError, match="do not step inside a CUDA graph"):
+        soap_cuda.graphed._check_capturable(step.optimizer)

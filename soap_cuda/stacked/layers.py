@@ -118,15 +118,27 @@ class StackedFeedbackLayer(nn.Module):
         self.schedule_paused = False
 
     # -- schedule ------------------------------------------------------------------------------
+    # a soap_cuda.device_schedule.DeviceSchedule that counts and syncs for the slices (a graphed
+    # step's), or None
+    _schedule_driver = None
+
     def _count_batch(self, batch: int) -> None:
-        """soap_cuda.schedule for every model's slice, then one sync for those due."""
-        if self.scheduled and schedule.counts(self, True):
+        """soap_cuda.schedule for every model's slice, then one sync for those due (unless a
+        device schedule drives the slices)."""
+        if self.scheduled and schedule.counts(self, True) and self._schedule_driver is None:
             world = schedule.world_size()
+            for sl in self.scheduled:
+                schedule.record(sl, batch)
             due = [sl for sl in self.scheduled if schedule.advance(sl, batch, world)]
             if due:
                 fb.sync_layers(due)
 
+    def _counters_current(self) -> None:
+        if self._schedule_driver is not None:  # the device holds the current counts
+            self._schedule_driver.write_back()
+
     def get_extra_state(self):
+        self._counters_current()
         return {"examples_seen": [sl.examples_seen for sl in self.slices],
                 "sync_count": [sl.sync_count for sl in self.slices],
                 "feedback_seed": [sl.feedback_seed for sl in self.slices]}
@@ -135,6 +147,8 @@ class StackedFeedbackLayer(nn.Module):
         for sl, seen, count, seed in zip(self.slices, state["examples_seen"],
                                          state["sync_count"], state["feedback_seed"]):
             sl.examples_seen, sl.sync_count, sl.feedback_seed = int(seen), int(count), int(seed)
+        if self._schedule_driver is not None:
+            self._schedule_driver.reload()
 
     # -- the matrix the error goes through -----------------------------------------------------
     def feedback_matrix(self) -> torch.Tensor:
@@ -200,6 +214,7 @@ class StackedFeedbackLayer(nn.Module):
 
     def model_state(self, k: int) -> dict:
         """Model k's layer state_dict, in its source layer's keys and shapes."""
+        self._counters_current()
         sl = self.slices[k]
         state = {"weight": sl.weight.detach()}
         if self.bias is not None:
