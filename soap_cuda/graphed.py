@@ -58,11 +58,12 @@ def graphed_step(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, ex
 
 
 def _check_capturable(optimizer) -> None:
-    from .stacked.optim import _StackedOptimizer
-    if isinstance(optimizer, _StackedOptimizer):
-        raise ValueError("soap_cuda.stacked's SGD and Adam do not step inside a CUDA graph yet "
-                         "(per-model values and Adam's step count are host values a replay "
-                         "would not see): use graphs=False or compile=True")
+    from .stacked.optim import SGD, _StackedOptimizer
+    if isinstance(optimizer, _StackedOptimizer) and not isinstance(optimizer, SGD) and \
+            not optimizer.defaults.get("capturable"):
+        raise ValueError(f"soap_cuda.stacked.{type(optimizer).__name__} steps inside a CUDA "
+                         f"graph only with capturable=True (its step count then stays on the "
+                         f"device)")
     if optimizer.defaults.get("capturable") is False:
         raise ValueError(f"{type(optimizer).__name__} steps inside a CUDA graph only with "
                          f"capturable=True (its step count then stays on the device)")

@@ -342,5 +342,26 @@ def test_a_graphed_step_drives_a_stacks_schedules(float64, compile):
                                atol=1e-12 if compile else 0)
     _assert_same_state(driven.state_dict(), eager.state_dict(), rel=1e-12 if compile else 0)
     assert driven.layers[0].get_extra_state()["sync_count"][0] == 3  # 45 examples, T = 12
-    with pytest.raises(ValueError, match="do not step inside a CUDA graph"):
-        soap_cuda.graphed._check_capturable(step.optimizer)
+    soap_cuda.graphed._check_capturable(step.optimizer)  # stacked SGD may be captured
+    with pytest.raises(ValueError, match="stacked.Adam steps inside a CUDA graph only with"):
+        soap_cuda.graphed._check_capturable(stacked.Adam(driven.parameters()))
+    soap_cuda.graphed._check_capturable(stacked.Adam(driven.parameters(), capturable=True))
+
+
+def test_capturable_stacked_adam_equals_the_host_one(float64):
+    """capturable=True keeps Adam's step count on the device: the same updates (to rounding of
+    the bias corrections' powers), and a new learning rate still takes effect."""
+    nets = [stacked.stack([mlp(r, i) for i, r in enumerate(["fa", "sign", "bp"])])
+            for _ in range(2)]
+    opts = [stacked.Adam(net.parameters(), lr=[1e-2, 2e-2, 3e-3], weight_decay=1e-3,
+                         capturable=c) for net, c in zip(nets, (False, True))]
+    x, y = torch.randn(3, 4, 6), torch.randint(0, 3, (3, 4))
+    for step in range(6):
+        for net, opt in zip(nets, opts):
+            if step == 3:
+                opt.param_groups[0]["lr"] = torch.tensor([1e-3, 1e-3, 5e-3])
+            stacked.per_model_loss(net(x), y).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    assert torch.is_tensor(opts[1].state[nets[1].layers[0].weight]["step"])
+    _assert_same_state(nets[1].state_dict(), nets[0].state_dict(), rel=1e-12)

@@ -257,6 +257,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         log_eval(list(range(m_count)))
         pos["evals"], pos["next_eval"] = 1, eval_every
     x_all, y_all = data.x_train, data.y_train
+    applied_factor = None  # the learning-rate factor the optimizers' groups hold
     while pos["examples"] < budget and any(alive):
         orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
         while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
@@ -274,9 +275,12 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             if soap:
                 opts[0].step(xb, yb, losses.detach(), factor)
             else:
-                for opt, lrs in zip(opts, base_lrs):
-                    for group, lr in zip(opt.param_groups, lrs):
-                        group["lr"] = lr * factor
+                if factor != applied_factor:  # a new value only at a drop: no copy each step
+                    for opt, lrs in zip(opts, base_lrs):
+                        for group, lr in zip(opt.param_groups, lrs):
+                            group["lr"] = lr * factor
+                    applied_factor = factor
+                for opt in opts:
                     opt.step()
             pos["batch"] += 1
             pos["step"] += 1
