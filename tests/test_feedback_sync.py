@@ -347,3 +347,28 @@ def test_partition_rejects_bad_arguments():
         _partition([-1])
     with pytest.raises(ValueError):
         _partition([5], 0, 10)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_replays_follow_due_flags_streams_and_weights(dtype):
+    """A captured sync reads its due flags, streams and weights at every replay (its layer table
+    is the cached plan of the eager call before the capture)."""
+    weights, b, mags, scales, due, streams = _masked_case(dtype, "cuda")
+    op(weights, b, mags, scales, due, streams)  # builds the plan
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        op(weights, b, mags, scales, due, streams)
+    for trial in range(3):
+        for w in weights:
+            w.copy_(torch.randn_like(w, dtype=torch.float32).to(dtype))
+        due.copy_(torch.rand(due.shape, device="cuda") < 0.6)
+        streams[:, 2] += 1
+        want = [t.cpu() for t in b]
+        ref_sync([w.cpu() for w in weights], want,
+                 [m.cpu() if m is not None else None for m in mags], scales.cpu(), due.cpu(),
+                 streams.cpu())
+        graph.replay()
+        torch.cuda.synchronize()
+        for i, (got, ref) in enumerate(zip(b, want)):
+            assert torch.equal(got.cpu(), ref), (trial, i)

@@ -62,16 +62,22 @@ bool same_layers(const std::vector<SyncLayer>& a, const std::vector<SyncLayer>& 
 // never evicted; other plans go first in, first out beyond kMaxPlans.
 constexpr size_t kMaxPlans = 64;
 
+// What a launch needs of a plan, held by the caller (the cache may evict the plan meanwhile).
+struct PlanUse {
+  at::Tensor table;
+  int64_t total_blocks;
+};
+
 class PlanCache {
  public:
   // The plan for these layers (first_block unset in `layers`), built when new.
-  const SyncPlan& get(c10::DeviceIndex device, SyncDtype dtype, std::vector<SyncLayer> layers,
+  PlanUse get(c10::DeviceIndex device, SyncDtype dtype, std::vector<SyncLayer> layers,
                       at::TensorList weights, at::TensorList b_matrices, bool capturing) {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& plan : plans_) {
       if (plan->device == device && plan->dtype == dtype && same_layers(plan->layers, layers)) {
         plan->captured = plan->captured || capturing;
-        return *plan;
+        return PlanUse{plan->table, plan->total_blocks};
       }
     }
     // building a plan copies its table with a stream sync, which a capture forbids
@@ -100,7 +106,7 @@ class PlanCache {
         host.to(at::Device(at::kCUDA, device), /*non_blocking=*/false), total_blocks, false});
     evict();
     plans_.push_back(std::move(plan));
-    return *plans_.back();
+    return PlanUse{plans_.back()->table, plans_.back()->total_blocks};
   }
 
  private:
@@ -159,7 +165,7 @@ void feedback_sync_cuda(at::TensorList weights, at::TensorList b_matrices,
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const SyncPlan& plan = plan_cache().get(weights[0].device().index(), dtype, std::move(layers),
+  const PlanUse plan = plan_cache().get(weights[0].device().index(), dtype, std::move(layers),
                                           weights, b_matrices,
                                           capture != cudaStreamCaptureStatusNone);
   if (plan.total_blocks == 0) return bump_versions(b_matrices);  // every layer empty
