@@ -42,7 +42,9 @@ def pytest_configure(config):
     for marker in ("cuda: needs a CUDA device (any test whose name or parameters say cuda)",
                    "slow: takes more than a few seconds",
                    "allocator_stats: reads torch's allocator statistics (which read 0 without the "
-                   "caching allocator, as under compute-sanitizer)"):
+                   "caching allocator, as under compute-sanitizer)",
+                   "cuda_graphs: captures CUDA graphs, which need the caching allocator (off "
+                   "under compute-sanitizer)"):
         config.addinivalue_line("markers", marker)
 
 

@@ -350,6 +350,7 @@ def test_partition_rejects_bad_arguments():
 
 
 @requires_cuda
+@pytest.mark.cuda_graphs
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_replays_follow_due_flags_streams_and_weights(dtype):
     """A captured sync reads its due flags, streams and weights at every replay (its layer table
