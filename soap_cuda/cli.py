@@ -259,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the default: the runs that share architecture, data and "
                         "schedule trained together as one stacked model, each with its own "
                         "rule, learning rate, seed and optimizer state (the same results)")
+    s.add_argument("--graphs", action="store_true",
+                   help="train each stacked group through soap_cuda.graphed_step: its sync "
+                        "schedule on the device and, on CUDA, one captured CUDA graph per "
+                        "group replayed every step (the same results; for small models bound "
+                        "by kernel launches)")
     s.add_argument("--out", default="results", metavar="DIR", help="output dir (default results)")
     s.add_argument("--no-report", action="store_true", help="skip writing the report")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -394,7 +399,8 @@ def _cmd_sweep(args) -> int:
     t0 = time.perf_counter()
     try:
         sweep = Sweep(spec, args.out, jobs=_sweep_jobs(args), progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr), batched=not args.sequential)
+                      log=lambda m: print(m, file=sys.stderr), batched=not args.sequential,
+                      graphs=args.graphs)
         result = sweep.run()
         if ranks.rank() != 0:
             return 0

@@ -6,6 +6,9 @@ host work.
     for x, y in loader:
         loss = step(x, y)          # a 0-d tensor on the model's device
 
+`optimizer` may be a list of optimizers over the model; `loss_fn` may return a tuple
+`(loss, *extra)`: the loss is backpropagated and the call returns all of them detached.
+
 How it runs:
 1. The first call is an eager step in which the FA layers count and sync as always
    (soap_cuda.schedule); it records how many examples each scheduled layer counts per step.
@@ -80,8 +83,12 @@ class GraphedStep:
         if self.graphs and compile:
             raise ValueError("choose graphs=True or compile=True: a CUDA graph already replays "
                              "the whole step")
+        # one optimizer, or several over one model (a stack trained by SGD and Adam at once)
+        self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) \
+            else [optimizer]
         if self.graphs:
-            _check_capturable(optimizer)
+            for opt in self.optimizers:
+                _check_capturable(opt)
         # FA layers and stacked layers: what keeps a schedule
         layers = [m for m in model.modules() if hasattr(type(m), "_schedule_driver")]
         if any(layer._schedule_driver is not None for layer in layers):
@@ -92,39 +99,53 @@ class GraphedStep:
                              "counts its examples")
         self.warmup = warmup
         self.schedule: DeviceSchedule | None = None
-        self.steps = 0
         self.graph = None
+        self._warm = 0  # eager steps taken since the graph was (re)set
         mode = compile if isinstance(compile, str) else None
         self._compiled = torch.compile(_own_code(self._body), fullgraph=True, mode=mode) \
             if compile else None
 
     # -- the step ----------------------------------------------------------------------------
+    def _loss(self, x, y):
+        """loss_fn's loss, backpropagated; returns it detached (with whatever else loss_fn
+        returned after it, e.g. per-model losses: `(loss, *extra)`)."""
+        out = self.loss_fn(self.model(x), y)
+        loss, extra = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+        loss.backward()
+        if extra is None:
+            return loss.detach()
+        return (loss.detach(), *(e.detach() for e in extra))
+
     def _body(self, x, y, increments):
         """Sync (device schedule), forward, loss, backward: what a graph or compile captures."""
         self.schedule.advance(increments)
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        return loss.detach()
+        return self._loss(x, y)
+
+    def _step_optimizers(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
 
     def _finish(self) -> None:
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._step_optimizers()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
 
     def _eager_on_layers(self, x, y):
         """A step on the layers' own schedule, recording each one's count."""
         if self.schedule is not None:
             self.schedule.detach()
         with schedule.recording() as rec:
-            loss = self.loss_fn(self.model(x), y)
-            loss.backward()
+            loss = self._loss(x, y)
         self._finish()
         if self.schedule is None:
             self.schedule = DeviceSchedule(rec.counts, schedule.world_size())
         self.schedule.reload()
         self.schedule.attach()
-        return loss.detach()
+        return loss
 
     def _run(self, x, y):
+        for opt in self.optimizers:  # whatever ran between steps (a probe's backward) is gone
+            opt.zero_grad(set_to_none=True)
         inc = self.schedule.increments()
         if self._compiled is not None:
             with _trace_backward():
@@ -134,20 +155,27 @@ class GraphedStep:
         self._finish()
         return loss
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.steps += 1
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
         if self.schedule is None or (tuple(x.shape), tuple(y.shape)) != self.shape:
             return self._eager_on_layers(x, y)
         if not self.graphs:
             return self._run(x, y)
-        if self.graph is None and self.steps <= 1 + self.warmup:
+        if self.graph is None and self._warm < self.warmup:
+            self._warm += 1
             return self._on_side_stream(lambda: self._run(x, y))
         if self.graph is None:
             self._capture(x, y)
         self.static_x.copy_(x)
         self.static_y.copy_(y)
         self.graph.replay()
-        return self.static_loss.clone()
+        out = self.static_out
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
+    def reset_graph(self) -> None:
+        """Capture again (after warm-up steps) at the next call: for a change the graph would
+        not see, such as an optimizer's learning rate given as a Python number."""
+        self.graph = None
+        self._warm = 0
 
     # -- CUDA graphs -------------------------------------------------------------------------
     @staticmethod
@@ -163,11 +191,12 @@ class GraphedStep:
         """Record one step into a graph (capture runs nothing: the caller replays it)."""
         self.static_x, self.static_y = x.clone(), y.clone()
         inc = self.schedule.increments()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.static_loss = self._body(self.static_x, self.static_y, inc)
-            self.optimizer.step()
+            self.static_out = self._body(self.static_x, self.static_y, inc)
+            self._step_optimizers()
         self.graph = graph
 
     def update_layers(self) -> None:

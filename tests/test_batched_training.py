@@ -94,6 +94,19 @@ def test_each_model_reproduces_its_sequential_run(float64, digits64, runs):
         _same_run(recs, train(cfg, data=digits64))
 
 
+@pytest.mark.parametrize("runs", [SGD_RUNS, DFA_MIXED_RUNS, MIXED_RUNS],
+                         ids=["sgd", "dfa-sgd-and-adam", "sgd-and-adam"])
+def test_graphed_steps_reproduce_the_sequential_runs(float64, digits64, runs):
+    """train_batched(graphed=True): every step through soap_cuda.graphed_step (the stack's
+    schedules on the device; a CUDA graph on CUDA), a learning-rate drop, the epochs' partial
+    last batch eager: each model still reproduces its own run."""
+    # batches of 20: each epoch ends in one of 16, and syncs (every 48) fall inside batches
+    cfgs = [_cfg(lr_drops=[0.5], batch_size=20, **r) for r in runs]
+    batched = train_batched(cfgs, [None] * len(cfgs), digits64, graphed=True)
+    for cfg, recs in zip(cfgs, batched):
+        _same_run(recs, train(cfg, data=digits64))
+
+
 def test_a_diverging_model_does_not_disturb_the_others(float64, digits64, tmp_path):
     runs = [dict(rule="fa", lr=0.1, seed=0), dict(rule="sign", lr=400.0, seed=1),
             dict(rule="bp", lr=0.05, seed=2)]

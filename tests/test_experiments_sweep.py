@@ -254,3 +254,22 @@ def test_dfa_runs_stack_with_each_other_across_optimizers(tmp_path):
                   ["batched"]["models"] for label, lr in (("dfa", 0.1), ("dfa+adam", 1e-3))
                   for s in (0, 1)}
     assert dfa_stacks == {4}
+
+
+def test_a_graphed_sweep_gives_the_same_runs(tmp_path):
+    """Sweep(graphs=True) (`soap-cuda sweep --graphs`): every stacked group through
+    graphed_step; on the CPU the same step eagerly on the device schedule, so the same runs,
+    bit for bit."""
+    small = spec(rules=["bp", "fa", "sign"], lrs=[0.1], gain_match=[], adam_rules=["bp"],
+                 adam_lrs=[1e-3], max_extend=0)
+    plain = Sweep(small, tmp_path / "p", jobs=1).run()
+    graphed = Sweep(small, tmp_path / "g", jobs=1, graphs=True).run()
+    assert graphed["execution"]["graphs"] and not plain["execution"]["graphs"]
+    assert graphed["execution"]["stacked_groups"] >= 1
+    runs = sorted(p.relative_to(tmp_path / "p") for p in (tmp_path / "p" / "runs").rglob("*.jsonl"))
+    assert runs
+    for rel in runs:
+        drop = ("wall_s", "elapsed_s", "env")
+        read = lambda root: [{k: v for k, v in json.loads(line).items() if k not in drop}
+                             for line in (root / rel).read_text().splitlines()]
+        assert read(tmp_path / "g") == read(tmp_path / "p"), rel

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+import soap_cuda
+
 from soap_cuda import stacked
 
 from .config import TrainConfig
@@ -73,10 +75,12 @@ def build_stack(cfgs: list[TrainConfig], data: Dataset) -> stacked.StackedNet:
     return stacked.stack(models)
 
 
-def make_optimizers(cfgs: list[TrainConfig], net: stacked.StackedNet) -> list:
+def make_optimizers(cfgs: list[TrainConfig], net: stacked.StackedNet,
+                    capturable: bool = False) -> list:
     """The runs' optimizers over the stack: SOAP for a SOAP stack, else one stacked SGD for the
     SGD models and one stacked Adam for the Adam models, with make_optimizer's learning rates
-    (the gain-matched runs' per-layer scales in param groups)."""
+    (the gain-matched runs' per-layer scales in param groups); capturable: Adam's step count
+    on the device (a CUDA graph steps it)."""
     if cfgs[0].rule == "soap":  # group_key keeps SOAP models among themselves
         return [stacked.SOAP(net, [c.lr for c in cfgs], h=SOAP_H)]
     lrs = [c.lr for c in cfgs]
@@ -92,7 +96,8 @@ def make_optimizers(cfgs: list[TrainConfig], net: stacked.StackedNet) -> list:
         models = None if all(mine) else mine
         opts.append(stacked.SGD(groups, lr=lrs, momentum=[c.momentum for c in cfgs],
                                 weight_decay=decay, models=models) if kind == "sgd" else
-                    stacked.Adam(groups, lr=lrs, weight_decay=decay, models=models))
+                    stacked.Adam(groups, lr=lrs, weight_decay=decay, models=models,
+                                 capturable=capturable))
     return opts
 
 
@@ -113,7 +118,8 @@ STACK_CHECKPOINT_VERSION = 2
 
 def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                   on_step=None, checkpoint_path=None,
-                  checkpoint_every_evals: int | None = None) -> list[list[dict]]:
+                  checkpoint_every_evals: int | None = None,
+                  graphed: bool = False) -> list[list[dict]]:
     """Train the runs `cfgs` (one group_key) as one stacked model; write each run's records to
     its path as `train()` would, and return them. `on_step(examples)` after each step, with
     the examples of every model in the stack.
@@ -122,7 +128,11 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     sync counters, the position, the records, the RNG) is saved there atomically as `train()`
     saves a run: at the first evaluation CHECKPOINT_INTERVAL_S or more after the last one (or
     every `checkpoint_every_evals` evaluations); when the file exists, training resumes from it
-    exactly, and rewrites the runs' files from its records."""
+    exactly, and rewrites the runs' files from its records.
+
+    graphed: each step through soap_cuda.graphed_step (the stack's schedules on the device; on
+    CUDA one captured graph per stack, replayed every step of the full batch size, captured
+    again after a learning-rate drop); the same records. SOAP stacks step eagerly."""
     keys = {group_key(c) for c in cfgs}
     if len(keys) != 1 or not all(batchable(c) for c in cfgs):
         raise ValueError("train_batched needs batchable runs that share one group_key")
@@ -137,8 +147,9 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
 
     net = build_stack(cfgs, data)
-    opts = make_optimizers(cfgs, net)
+    opts = make_optimizers(cfgs, net, capturable=graphed and device.type == "cuda")
     soap = isinstance(opts[0], stacked.SOAP)
+    graphed = graphed and not soap
     base_lrs = [[group["lr"] for group in opt.param_groups] for opt in opts if not soap]
     eval_chunk, probe_chunk = _passes(net, device)
     records = [[{"kind": "config", "config": c.to_dict(), "data": data.summary(),
@@ -258,6 +269,13 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         pos["evals"], pos["next_eval"] = 1, eval_every
     x_all, y_all = data.x_train, data.y_train
     applied_factor = None  # the learning-rate factor the optimizers' groups hold
+    graphed_step = None  # made at the first step (it needs a batch's shapes)
+
+    def stack_loss(out, yb):
+        losses = stacked.per_model_loss(out, yb)
+        # dead models' slices compute on zeros and their losses stay out of the sum
+        return torch.where(live, losses, torch.zeros_like(losses)).sum(), losses
+
     while pos["examples"] < budget and any(alive):
         orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
         while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
@@ -265,23 +283,29 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             take = min(cfg0.batch_size, n - start, budget - pos["examples"])
             idx = orders[:, start:start + take]  # (M, take): each model's own examples
             factor = 0.1 ** sum(pos["examples"] >= f * budget for f in cfg0.lr_drops)
-            for p in net.parameters():
-                p.grad = None
             xb, yb = x_all[idx], y_all[idx]
-            # the net's layers count the batch and sync the sign rules' B when due
-            losses = stacked.per_model_loss(net(xb, per_model=True), yb)
-            # dead models' slices compute on zeros and their losses stay out of the sum
-            torch.where(live, losses, torch.zeros_like(losses)).sum().backward()
-            if soap:
-                opts[0].step(xb, yb, losses.detach(), factor)
+            if not soap and factor != applied_factor:  # a new value only at a drop
+                for opt, lrs in zip(opts, base_lrs):
+                    for group, lr in zip(opt.param_groups, lrs):
+                        group["lr"] = lr * factor
+                if graphed_step is not None:
+                    graphed_step.reset_graph()  # a captured step holds the old rates
+                applied_factor = factor
+            if graphed:
+                if graphed_step is None:
+                    graphed_step = soap_cuda.graphed_step(net, stack_loss, opts, (xb, yb))
+                _, losses = graphed_step(xb, yb)
             else:
-                if factor != applied_factor:  # a new value only at a drop: no copy each step
-                    for opt, lrs in zip(opts, base_lrs):
-                        for group, lr in zip(opt.param_groups, lrs):
-                            group["lr"] = lr * factor
-                    applied_factor = factor
-                for opt in opts:
-                    opt.step()
+                for p in net.parameters():
+                    p.grad = None
+                # the net's layers count the batch and sync the sign rules' B when due
+                total, losses = stack_loss(net(xb, per_model=True), yb)
+                total.backward()
+                if soap:
+                    opts[0].step(xb, yb, losses.detach(), factor)
+                else:
+                    for opt in opts:
+                        opt.step()
             pos["batch"] += 1
             pos["step"] += 1
             pos["examples"] += take
@@ -306,4 +330,6 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             pos["batch"] = 0
     flush()
     finish([k for k in range(m_count) if alive[k]])
+    if graphed_step is not None:
+        graphed_step.close()
     return records

@@ -181,9 +181,10 @@ def forget_units(out: Path) -> None:
 
 
 def _run_task(tasks: list[tuple[dict, str]], unit: int | None = None, checkpoint=None,
-              on_step=None) -> tuple[int, int]:
+              on_step=None, graphs: bool = False) -> tuple[int, int]:
     """One run alone (a list of one task), or several batchable runs as one stacked model,
-    checkpointed at `checkpoint` (resumed from it when it exists, deleted at the end).
+    checkpointed at `checkpoint` (resumed from it when it exists, deleted at the end); graphs:
+    a stack's steps through soap_cuda.graphed_step (train_batched(graphed=True)).
     Returns (runs done, optimizer steps taken). `on_step(examples)` after every step (in a
     worker: its queue to the main process)."""
     from .batched import train_batched
@@ -200,7 +201,8 @@ def _run_task(tasks: list[tuple[dict, str]], unit: int | None = None, checkpoint
             result = 1, records[-2].get("step", 0)  # the last evaluation, before "final"
         else:
             results = train_batched(cfgs, [t[1] for t in tasks], _data_for(cfgs[0]),
-                                    on_step=on_step, checkpoint_path=checkpoint)
+                                    on_step=on_step, checkpoint_path=checkpoint,
+                                    graphed=graphs)
             result = len(tasks), max(r[-2].get("step", 0) for r in results)
     finally:
         if isinstance(on_step, _Progress):
@@ -252,8 +254,10 @@ class Runner:
     OUT/runs/.stacked/, so an interrupted sweep resumes it where it stood. The progress bar
     counts training examples (summed over runs) of those planned, from every process."""
 
-    def __init__(self, jobs: int, progress: bool, batched: bool = True, out: Path = Path(".")):
+    def __init__(self, jobs: int, progress: bool, batched: bool = True, out: Path = Path("."),
+                 graphs: bool = False):
         self.jobs = max(1, jobs)
+        self.graphs = graphs
         self.progress = progress
         self.batched = batched
         self.out = out
@@ -363,10 +367,12 @@ class Runner:
         if self.pool is None:
             for uid, unit in mine:
                 finished(uid, _run_task(unit, uid, self._checkpoint(unit),
-                                        on_step=lambda ex, uid=uid: advance(uid, ex, 1)))
+                                        on_step=lambda ex, uid=uid: advance(uid, ex, 1),
+                                        graphs=self.graphs))
         else:
             with _sigint_ignored():
-                futures = {self.pool.submit(_run_task, unit, uid, self._checkpoint(unit)): uid
+                futures = {self.pool.submit(_run_task, unit, uid, self._checkpoint(unit),
+                                            None, self.graphs): uid
                            for uid, unit in mine}
             while futures:
                 done, _ = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -427,10 +433,11 @@ class Runner:
 
 class Sweep:
     def __init__(self, spec: SweepSpec, out_dir: str | Path, jobs: int = 1,
-                 progress: bool = False, log=print, batched: bool = True):
+                 progress: bool = False, log=print, batched: bool = True, graphs: bool = False):
         spec.validate()
         self.spec = spec
         self.batched = batched
+        self.graphs = graphs
         self.execution: dict = {}
         self.out = Path(out_dir)
         self.jobs = jobs
@@ -504,7 +511,7 @@ class Sweep:
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         sgd_lrs = sorted({*spec.lrs, spec.fixed_lr})
-        with Runner(self.jobs, self.progress, self.batched, self.out) as runner:
+        with Runner(self.jobs, self.progress, self.batched, self.out, self.graphs) as runner:
             sgd = [Arm(r, r, "sgd", list(sgd_lrs)) for r in spec.rules]
             adam = [Arm(f"{r}+adam", r, "adam", sorted(spec.adam_lrs)) for r in spec.adam_rules]
             # SGD and Adam arms in one phase: their runs stack together (a rule's SGD and Adam
@@ -522,6 +529,7 @@ class Sweep:
         stacked = [u for u in runner.units if u > 1]
         total = sum(len(a.lrs) for a in self.arms) * len(self.seeds)
         self.execution = {"mode": "batched" if self.batched else "sequential",
+                          "graphs": self.graphs and self.batched,
                           "processes": self.jobs, "ranks": ranks.world(),
                           "runs_trained": sum(runner.units),
                           "runs_reused": max(0, total - sum(runner.units)),
