@@ -4,6 +4,8 @@
 # installed torch, check the backend, the CUDA tests first (so they come back even if a later
 # step is cut), the CUDA tests of our own kernels under compute-sanitizer memcheck, the benchmark
 # report, the host-overhead breakdown, and last the CPU suite (the slowest step, cut first).
+# Tests that capture CUDA graphs (marker cuda_graphs) run in cuda-tests, not under the
+# sanitizer, which turns off the caching allocator that graphs need.
 #
 #   bash benchmarks/gpu.sh [--dry-run] [OUTDIR]     # OUTDIR: default $OUT if set, else gpu-results/
 #
@@ -14,8 +16,10 @@
 # Time of each step on an H200 machine (16 cores), measured 2026-11-27; limit in brackets:
 #   nvidia-smi 0 s [20] | build 35 s [180] (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0; 13 s when
 #   already built) | backend 10 s [60] | cuda-tests 20 s [120] | memcheck 15 s [120] |
-#   report 50 s [150] | overhead 15 s [60] | sweep-speed, the default sweep stacked and
-#   --sequential, then a short LeNet-5 sweep both ways (not yet timed on a GPU) [200] | other-tests, the whole CPU suite, about 200 s
+#   report 50 s [150] (before its graphed section: eager and CUDA-graph train steps, not yet
+#   timed on a GPU) | overhead 15 s [60] | sweep-speed, the default sweep stacked, stacked with
+#   --graphs and --sequential, then a short LeNet-5 sweep the same ways (not yet timed on a
+#   GPU) [200] | other-tests, the whole CPU suite, about 200 s
 #   (140 s for its first third, which includes the torch.compile tests) [240; 600 in a dry run, without the slow tests]. The steps share a
 #   480 s budget (GPU_SH_BUDGET; 1200 s in a dry run, which spends no device time); a step gets what is left, at most its own limit, so a slow
 #   CPU suite is cut before it can starve the figures.
@@ -27,7 +31,8 @@
 #   gpu.log           every step's full output, in order
 #   report-cuda.md    the benchmark tables;  report-cuda.json  the same, in full
 #   overhead-cuda.md  host cost per layer call, by call path (benchmarks/overhead.py)
-#   sweep-speed-cuda.md  the default sweep and a short LeNet-5 one, stacked against --sequential
+#   sweep-speed-cuda.md  the default sweep and a short LeNet-5 one, stacked (eager and --graphs)
+#                     against --sequential
 #                     (sweep_speed.py)
 # A failed step does not stop the others; the exit status is non-zero if any step failed. The
 # summary tells a test failure (pytest's exit 1) from a sanitizer finding (exit 86).
