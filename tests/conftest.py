@@ -94,3 +94,16 @@ def float64():
 
 def devices():
     return ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def plain_training_loop(model, optimizer, data, loss_fn):
+    """The loop every graphed or compiled step is held to: loss, backward, step, zero_grad per
+    batch; the losses, stacked."""
+    losses = []
+    for x, y in data:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach())
+    return torch.stack(losses)

@@ -10,7 +10,7 @@ from soap_cuda import FALinear
 from soap_cuda.feedback import SYNC_RULES, xavier_std
 from soap_cuda.reference.philox import philox_normal
 
-from conftest import requires_cuda
+from conftest import plain_training_loop, requires_cuda
 
 RULES = ("fa", "sign", "rescaled_sign", "scaled_sign", "random_sign", "bp", "kolen_pollack",
          "dfa")
@@ -50,14 +50,7 @@ def sgd(model):
 
 
 def plain_loop(model, optimizer, data):
-    losses = []
-    for x, y in data:
-        loss = CE(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.detach())
-    return torch.stack(losses)
+    return plain_training_loop(model, optimizer, data, CE)
 
 
 def graphed_loop(model, optimizer, data, **kw):

@@ -14,6 +14,8 @@ import soap_cuda
 from soap_cuda import stacked
 from soap_cuda.optim import SOAP
 
+from conftest import plain_training_loop
+
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SYNC = ("sign", "rescaled_sign", "scaled_sign", "random_sign")
@@ -324,21 +326,15 @@ def test_a_graphed_step_drives_a_stacks_schedules(float64, compile):
         return stacked.per_model_loss(out, y).sum()
 
     eager, driven = nets
-    eager_opt = stacked.SGD(eager.parameters(), lr=0.05, momentum=0.9)
-    want = []
-    for x, y in data:
-        loss = loss_fn(eager(x), y)
-        loss.backward()
-        eager_opt.step()
-        eager_opt.zero_grad()
-        want.append(loss.detach())
+    want = plain_training_loop(eager, stacked.SGD(eager.parameters(), lr=0.05, momentum=0.9),
+                               data, loss_fn)
     step = soap_cuda.graphed_step(driven, loss_fn,
                                   stacked.SGD(driven.parameters(), lr=0.05, momentum=0.9),
                                   data[0], compile=compile)
     got = [step(x, y) for x, y in data]
     assert len(step.schedule.groups[0].synced) == 3 * 4  # three layers of four sync models
     assert all(layer._schedule_driver is step.schedule for layer in driven.layers)
-    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=0,
+    torch.testing.assert_close(torch.stack(got), want, rtol=0,
                                atol=1e-12 if compile else 0)
     _assert_same_state(driven.state_dict(), eager.state_dict(), rel=1e-12 if compile else 0)
     assert driven.layers[0].get_extra_state()["sync_count"][0] == 3  # 45 examples, T = 12
