@@ -19,8 +19,9 @@ How it runs:
    stream (allocator, cuDNN and optimizer state settle), then one call captures the step into
    a CUDA graph and every later call copies the batch into the graph's input buffers and
    replays it. On the CPU (or graphs=False) each call runs the step eagerly, or, with
-   compile=True, the sync, forward, loss and backward as one `torch.compile(fullgraph=True)`
-   graph followed by the optimizer's step (torch.optim's step always breaks a graph of its own).
+   compile=True, as one `torch.compile(fullgraph=True)` graph: sync, forward, loss, backward
+   and the update of torch.optim.SGD, Adam, AdamW or soap_cuda.stacked's optimizers (traced
+   through soap_cuda.optim_in_graph; any other optimizer steps after the graph).
 3. A batch of another shape (the last, partial one of an epoch) runs as an eager step on the
    layers' own schedule, then the device schedule takes over again: results stay exact.
 
@@ -44,7 +45,7 @@ import types
 import torch
 from torch import nn
 
-from . import schedule
+from . import optim_in_graph, schedule
 from .device_schedule import DeviceSchedule
 
 
@@ -101,9 +102,14 @@ class GraphedStep:
         self.schedule: DeviceSchedule | None = None
         self.graph = None
         self._warm = 0  # eager steps taken since the graph was (re)set
-        mode = compile if isinstance(compile, str) else None
-        self._compiled = torch.compile(_own_code(self._body), fullgraph=True, mode=mode) \
-            if compile else None
+        self._compile_mode = compile if isinstance(compile, str) else None
+        self._compile = bool(compile)
+        # the compiled step, made at its first use: with the optimizers' updates in its graph,
+        # or without them (an optimizer that cannot be traced steps after it)
+        self._compiled_whole = self._compiled_body = None
+        in_graph = [optim_in_graph.in_graph_step(opt) for opt in self.optimizers]
+        self._in_graph_steps = in_graph if all(s is not None for s in in_graph) else None
+        self._prepared: list = [None] * len(self.optimizers)
 
     # -- the step ----------------------------------------------------------------------------
     def _loss(self, x, y):
@@ -120,6 +126,25 @@ class GraphedStep:
         """Sync (device schedule), forward, loss, backward: what a graph or compile captures."""
         self.schedule.advance(increments)
         return self._loss(x, y)
+
+    def _whole(self, x, y, increments):
+        """The step with its optimizer updates: what compile=True traces as one graph."""
+        loss = self._body(x, y, increments)
+        for step in self._in_graph_steps:
+            step()
+        return loss
+
+    def _prepare_steps(self) -> None:
+        """optim_in_graph.prepare for each optimizer whose state is new or has grown (loaded,
+        or made by a step) since the last call."""
+        for i, opt in enumerate(self.optimizers):
+            key = (id(opt.state), len(opt.state))
+            if self._prepared[i] != key:
+                optim_in_graph.prepare(opt)
+                self._prepared[i] = key
+
+    def _compiled(self, fn):
+        return torch.compile(_own_code(fn), fullgraph=True, mode=self._compile_mode)
 
     def _step_optimizers(self) -> None:
         for opt in self.optimizers:
@@ -147,9 +172,20 @@ class GraphedStep:
         for opt in self.optimizers:  # whatever ran between steps (a probe's backward) is gone
             opt.zero_grad(set_to_none=True)
         inc = self.schedule.increments()
-        if self._compiled is not None:
+        if self._compile and self._in_graph_steps is not None:
+            self._prepare_steps()
+            if self._compiled_whole is None:
+                self._compiled_whole = self._compiled(self._whole)
             with _trace_backward():
-                loss = self._compiled(x, y, inc)
+                loss = self._compiled_whole(x, y, inc)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            return loss
+        if self._compile:
+            if self._compiled_body is None:
+                self._compiled_body = self._compiled(self._body)
+            with _trace_backward():
+                loss = self._compiled_body(x, y, inc)
         else:
             loss = self._body(x, y, inc)
         self._finish()

@@ -83,25 +83,96 @@ def test_eager_graphed_step_equals_the_plain_loop_bit_for_bit(make, kind, rule):
         assert step.schedule is not None and step.schedule.groups[0].synced
 
 
+def counting_steps(optimizer):
+    """optimizer, whose step() now counts its calls in optimizer.calls."""
+    optimizer.calls = 0
+    eager_step = optimizer.step
+
+    def step(*args, **kwargs):
+        optimizer.calls += 1
+        return eager_step(*args, **kwargs)
+    optimizer.step = step
+    return optimizer
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_compiled_step_fullgraph_equals_eager(rule):
-    """torch.compile(fullgraph=True) of sync + forward + loss + backward: no graph break (it
-    would raise), the eager loop's results to 1e-12 over three syncs."""
+    """torch.compile(fullgraph=True) of the whole step, sync + forward + loss + backward +
+    optimizer update: no graph break (it would raise), the eager loop's results to 1e-12 over
+    three syncs; optimizer.step() itself runs only in the first (eager) step and the partial
+    last batch."""
     data = batches("mlp")
     a, b = mlp(rule), mlp(rule)
     want = plain_loop(a, sgd(a), data)
-    got, _ = graphed_loop(b, sgd(b), data, compile=True)
+    opt = counting_steps(sgd(b))
+    got, step = graphed_loop(b, opt, data, compile=True)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert_same_state(a, b, atol=1e-12)
+    assert opt.calls == 2 and step._compiled_body is None
 
 
-def test_compile_mode_reduce_overhead():
-    data = batches("mlp", n=6)
-    a, b = mlp("random_sign"), mlp("random_sign")
-    want = plain_loop(a, sgd(a), data)
-    got, _ = graphed_loop(b, sgd(b), data, compile="reduce-overhead")
+OPTIMIZERS = {
+    "sgd_nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True,
+                                               weight_decay=1e-3),
+    "sgd_plain": lambda ps: torch.optim.SGD(ps, lr=0.1),
+    "sgd_maximize": lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.5, dampening=0.1,
+                                               maximize=True),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+    "adam_amsgrad": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
+    "adam_foreach_tensor_lr": lambda ps: torch.optim.Adam(ps, lr=torch.tensor(1e-2, dtype=torch.float64),
+                                                          foreach=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("rule", ["sign", "dfa"])
+def test_compiled_step_holds_the_optimizer_update(name, rule):
+    """SGD and Adam(W) in their variants, traced into the step's graph (soap_cuda.optim_in_graph):
+    the eager loop's results to 1e-12 in float64, Adam's bias corrections included."""
+    data = batches("mlp")
+    a, b = mlp(rule), mlp(rule)
+    want = plain_loop(a, OPTIMIZERS[name](a.parameters()), data)
+    opt = counting_steps(OPTIMIZERS[name](b.parameters()))
+    got, step = graphed_loop(b, opt, data, compile=True)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert_same_state(a, b, atol=1e-12)
+    assert opt.calls == 2 and step._compiled_body is None
+
+
+def test_compiled_step_with_another_optimizer_steps_after_the_graph():
+    """An optimizer the graph cannot hold (RMSprop) steps eagerly after the compiled step; the
+    results are still the eager loop's."""
+    data = batches("mlp", n=5)
+    a, b = mlp("sign"), mlp("sign")
+    want = plain_loop(a, torch.optim.RMSprop(a.parameters(), lr=1e-3), data)
+    opt = counting_steps(torch.optim.RMSprop(b.parameters(), lr=1e-3))
+    got, step = graphed_loop(b, opt, data, compile=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert opt.calls == len(data) and step._compiled_whole is None
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_nesterov"])
+def test_compiled_step_makes_a_late_parameters_state_in_the_graph(name):
+    """A parameter that starts to train after some steps: the traced update makes its state
+    (Adam's moments, SGD's momentum buffer) inside the graph as eager step() makes it."""
+    data = batches("mlp", n=6, last=0)
+    a, b = mlp("sign"), mlp("sign")
+    opt_a = OPTIMIZERS[name](a.parameters())
+    opt_b = counting_steps(OPTIMIZERS[name](b.parameters()))
+    for model in (a, b):
+        model[2].bias.requires_grad_(False)
+    step = soap_cuda.graphed_step(b, CE, opt_b, data[0], compile=True)
+    want = [plain_loop(a, opt_a, data[:3])]
+    got = [step(x, y) for x, y in data[:3]]
+    assert b[2].bias not in opt_b.state
+    for model in (a, b):
+        model[2].bias.requires_grad_(True)
+    want.append(plain_loop(a, opt_a, data[3:]))
+    got += [step(x, y) for x, y in data[3:]]
+    torch.testing.assert_close(torch.stack(got), torch.cat(want), rtol=0, atol=1e-12)
+    assert_same_state(a, b, atol=1e-12)
+    assert opt_b.calls == 1 and b[2].bias in opt_b.state
 
 
 @pytest.mark.parametrize("rule", ["dfa", "random_sign", "scaled_sign", "kolen_pollack"])
@@ -232,13 +303,18 @@ def test_cuda_graph_replays_equal_the_eager_loop(make, kind, rule):
 @requires_cuda
 @pytest.mark.cuda_graphs
 @pytest.mark.parametrize("rule", ["random_sign"])
-def test_cuda_compiled_reduce_overhead_step_equals_the_eager_loop(rule):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam_capturable"])
+def test_cuda_compiled_reduce_overhead_step_equals_the_eager_loop(rule, optimizer):
+    """torch's own CUDA graphs (mode="reduce-overhead") over the whole compiled step, the
+    optimizer's update included."""
+    make_opt = sgd if optimizer == "sgd" else \
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, capturable=True)
     data = batches("mlp", n=12, last=0, dtype=torch.float32, device="cuda")
     a = mlp(rule, dtype=torch.float32, device="cuda")
     b = mlp(rule, dtype=torch.float32, device="cuda")
-    want = plain_loop(a, sgd(a), data)
-    got, step = graphed_loop(b, sgd(b), data, compile="reduce-overhead")
-    assert not step.graphs
+    want = plain_loop(a, make_opt(a), data)
+    got, step = graphed_loop(b, make_opt(b), data, compile="reduce-overhead")
+    assert not step.graphs and step._compiled_body is None
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert_same_state(a, b, atol=1e-5)
 
