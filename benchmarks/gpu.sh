@@ -17,8 +17,8 @@
 #   nvidia-smi 0 s [20] | build 35 s [180] (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0; 13 s when
 #   already built) | backend 10 s [60] | cuda-tests 20 s [120] | memcheck 15 s [120] |
 #   report 50 s [150] (before its graphed section: eager and CUDA-graph train steps, not yet
-#   timed on a GPU) | overhead 15 s [60] | sweep-speed, the default sweep stacked, stacked with
-#   --graphs and --sequential, then a short LeNet-5 sweep the same ways (not yet timed on a
+#   timed on a GPU) | overhead 15 s [60] | sweep-speed, the default sweep stacked with
+#   --no-graphs, with --graphs (the CUDA default) and --sequential, then a short LeNet-5 sweep the same ways (not yet timed on a
 #   GPU) [200] | other-tests, the whole CPU suite, about 200 s
 #   (140 s for its first third, which includes the torch.compile tests) [240; 600 in a dry run, without the slow tests]. The steps share a
 #   480 s budget (GPU_SH_BUDGET; 1200 s in a dry run, which spends no device time); a step gets what is left, at most its own limit, so a slow
@@ -31,7 +31,7 @@
 #   gpu.log           every step's full output, in order
 #   report-cuda.md    the benchmark tables;  report-cuda.json  the same, in full
 #   overhead-cuda.md  host cost per layer call, by call path (benchmarks/overhead.py)
-#   sweep-speed-cuda.md  the default sweep and a short LeNet-5 one, stacked (eager and --graphs)
+#   sweep-speed-cuda.md  the default sweep and a short LeNet-5 one, stacked (--no-graphs and --graphs)
 #                     against --sequential
 #                     (sweep_speed.py)
 # A failed step does not stop the others; the exit status is non-zero if any step failed. The

@@ -259,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the default: the runs that share architecture, data and "
                         "schedule trained together as one stacked model, each with its own "
                         "rule, learning rate, seed and optimizer state (the same results)")
-    s.add_argument("--graphs", action="store_true",
+    s.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="train each stacked group through soap_cuda.graphed_step: its sync "
                         "schedule on the device and, on CUDA, one captured CUDA graph per "
                         "group replayed every step (the same results; for small models bound "
-                        "by kernel launches)")
+                        "by kernel launches). Default: on CUDA; --no-graphs keeps the eager "
+                        "steps (the baseline)")
     s.add_argument("--out", default="results", metavar="DIR", help="output dir (default results)")
     s.add_argument("--no-report", action="store_true", help="skip writing the report")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")

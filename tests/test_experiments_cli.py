@@ -134,3 +134,12 @@ def test_help_texts():
     assert "one MLP" not in top and "LeNet-5" in top
     sweep = parser._subparsers._group_actions[0].choices["sweep"].format_help()
     assert "95%%" not in sweep and "95%" in sweep
+
+
+@pytest.mark.parametrize("argv,graphs", [([], None), (["--graphs"], True),
+                                         (["--no-graphs"], False)])
+def test_sweep_graphs_default_to_the_device(argv, graphs):
+    """`soap-cuda sweep` graphs its stacked groups on CUDA unless --no-graphs (None: decided
+    by the device in train_batched)."""
+    from soap_cuda.cli import build_parser
+    assert build_parser().parse_args(["sweep", *argv]).graphs is graphs

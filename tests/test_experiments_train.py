@@ -203,3 +203,67 @@ def test_a_run_records_the_device_it_used_apart_from_the_build(digits):
                   train_batched([cfg(epochs=0.25)], [None], digits)[0][0]):
         assert first["device"] == "cpu" and "backend" not in first
         assert first["build"].startswith(("native", "pure-PyTorch"))
+
+
+def test_epoch_order_is_the_argsort_of_the_seeded_philox_stream():
+    """An epoch's order: a permutation, the stable argsort of the Philox stream's float64
+    normals (the reference's bits), other for another epoch or seed."""
+    from soap_cuda.experiments.train import _ORDER_STREAM, _epoch_order
+    from soap_cuda.feedback import stream_seed
+    from soap_cuda.reference.philox import philox_normal
+    for n, seed, epoch in [(1, 0, 0), (97, 3, 0), (1000, 7, 5), (257, -2, 2)]:
+        order = _epoch_order(seed, epoch, n, "cpu")
+        keys = philox_normal(stream_seed(seed ^ _ORDER_STREAM), epoch, (n,))
+        assert torch.equal(order, torch.argsort(keys, stable=True))
+        assert torch.equal(order.sort().values, torch.arange(n))
+    assert not torch.equal(_epoch_order(3, 0, 100, "cpu"), _epoch_order(3, 1, 100, "cpu"))
+    assert not torch.equal(_epoch_order(3, 0, 100, "cpu"), _epoch_order(4, 0, 100, "cpu"))
+    with pytest.raises(ValueError, match="unknown epoch order"):
+        _epoch_order(3, 0, 10, "cpu", "shuffle")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_epoch_order_drawn_on_cuda_is_the_cpu_one():
+    from soap_cuda.experiments.train import _epoch_order
+    for n in (1, 1000, 60000):
+        order = _epoch_order(11, 3, n, "cuda")
+        assert order.is_cuda and torch.equal(order.cpu(), _epoch_order(11, 3, n, "cpu"))
+
+
+def test_a_checkpoint_from_before_the_philox_order_resumes_on_its_own_order(
+        digits, tmp_path, monkeypatch):
+    """A checkpoint whose position names no order was made with the seeded CPU randperm: its run
+    resumes on that order, exactly as the uninterrupted run under the old order."""
+    from soap_cuda.experiments import train as train_module
+    kw = dict(rule="sign", lr=0.02)
+    monkeypatch.setattr(train_module, "EPOCH_ORDER", "randperm")
+    full = train(cfg(epochs=2, **kw), data=digits)
+    train(cfg(epochs=1, **kw), checkpoint_path=tmp_path / "old.pt", data=digits)
+    monkeypatch.setattr(train_module, "EPOCH_ORDER", "philox")
+    state = torch.load(tmp_path / "old.pt", weights_only=False)
+    assert state["position"].pop("order") == "randperm"
+    torch.save(state, tmp_path / "old.pt")
+    resumed = train(cfg(epochs=2, **kw), checkpoint_path=tmp_path / "old.pt", resume=True,
+                    data=digits)
+    key = lambda rs: [(r["examples"], r["train_loss"]) for r in evals(rs)]
+    assert key(resumed) == key(full)
+    assert key(train(cfg(epochs=2, **kw), data=digits)) != key(full)  # philox: other batches
+
+
+def test_pending_losses_wait_in_a_ring_read_in_step_order():
+    from soap_cuda.experiments.train import PendingLosses
+    pending = PendingLosses(capacity=3)
+    rows = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, float("nan")]),
+            torch.tensor([5.0, 6.0])]
+    assert [pending.add(r, 4, 4 * (i + 1), i + 1) for i, r in enumerate(rows)] == \
+        [False, False, True]
+    ring = pending._ring
+    with pytest.raises(RuntimeError, match="full"):
+        pending.add(rows[0], 4, 16, 4)
+    got = list(pending.read(alive=lambda k: k == 0))
+    assert got == [(0, 1.0, 4, 4, 1), (0, 3.0, 4, 8, 2), (0, 5.0, 4, 12, 3)]
+    pending.add(torch.tensor([7.0, 8.0], dtype=torch.float64), 2, 14, 4)  # converts
+    assert pending._ring is ring  # allocated once
+    with pytest.raises(ValueError, match="changed from 2 values to 3"):
+        pending.add(torch.zeros(3), 2, 16, 5)
+    assert [v for _, v, *_ in pending.read()] == [7.0, 8.0]

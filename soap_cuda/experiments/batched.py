@@ -30,9 +30,9 @@ from .config import TrainConfig
 from .data import Dataset
 from .models import build_conv, build_mlp
 from .optimizers import SOAP_H
-from .train import (CheckpointClock, PendingLosses, _epoch_order, _save_checkpoint, _Writer,
-                    aligns_at, diverged_by_loss, diverged_eval, eval_subsets, final_record,
-                    run_environment)
+from .train import (EPOCH_ORDER, CheckpointClock, PendingLosses, _epoch_order,
+                    _save_checkpoint, _Writer, aligns_at, diverged_by_loss, diverged_eval,
+                    eval_subsets, final_record, run_environment)
 
 BATCHED_RULES = ("bp", "fa", "sign", "rescaled_sign", "scaled_sign", "random_sign",
                  "kolen_pollack", "dfa", "soap")
@@ -119,7 +119,7 @@ STACK_CHECKPOINT_VERSION = 2
 def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                   on_step=None, checkpoint_path=None,
                   checkpoint_every_evals: int | None = None,
-                  graphed: bool = False) -> list[list[dict]]:
+                  graphed: bool | None = None) -> list[list[dict]]:
     """Train the runs `cfgs` (one group_key) as one stacked model; write each run's records to
     its path as `train()` would, and return them. `on_step(examples)` after each step, with
     the examples of every model in the stack.
@@ -132,7 +132,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
 
     graphed: each step through soap_cuda.graphed_step (the stack's schedules on the device; on
     CUDA one captured graph per stack, replayed every step of the full batch size, captured
-    again after a learning-rate drop); the same records. SOAP stacks step eagerly."""
+    again after a learning-rate drop); the same records. None (the default): on CUDA. SOAP
+    stacks step eagerly."""
     keys = {group_key(c) for c in cfgs}
     if len(keys) != 1 or not all(batchable(c) for c in cfgs):
         raise ValueError("train_batched needs batchable runs that share one group_key")
@@ -147,6 +148,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     eval_data, final_data = eval_subsets(data, cfg0.eval_examples)
 
     net = build_stack(cfgs, data)
+    if graphed is None:
+        graphed = device.type == "cuda"  # host-bound small steps: replay them as graphs
     opts = make_optimizers(cfgs, net, capturable=graphed and device.type == "cuda")
     soap = isinstance(opts[0], stacked.SOAP)
     graphed = graphed and not soap
@@ -157,7 +160,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
     alive = [True] * m_count
     diverged = [False] * m_count
     loss_sum, loss_n = [0.0] * m_count, [0] * m_count
-    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0, "next_eval": 0}
+    pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "evals": 0, "next_eval": 0,
+           "order": EPOCH_ORDER}
     elapsed0 = 0.0
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     tasks = [(c.to_dict(), str(p)) for c, p in zip(cfgs, out_paths)]
@@ -173,6 +177,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         records, pos, alive, diverged = (state[k] for k in ("records", "position", "alive",
                                                             "diverged"))
+        pos.setdefault("order", "randperm")  # a checkpoint from before the Philox order
         loss_sum, loss_n = state["loss_sum"], state["loss_n"]
         elapsed0 = state["elapsed_s"]
     writers = [_Writer(Path(p) if p is not None else None, r)
@@ -277,7 +282,8 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
         return torch.where(live, losses, torch.zeros_like(losses)).sum(), losses
 
     while pos["examples"] < budget and any(alive):
-        orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device) for c in cfgs])
+        orders = torch.stack([_epoch_order(c.seed, pos["epoch"], n, device, pos["order"])
+                              for c in cfgs])
         while pos["batch"] * cfg0.batch_size < n and pos["examples"] < budget and any(alive):
             start = pos["batch"] * cfg0.batch_size
             take = min(cfg0.batch_size, n - start, budget - pos["examples"])

@@ -181,10 +181,11 @@ def forget_units(out: Path) -> None:
 
 
 def _run_task(tasks: list[tuple[dict, str]], unit: int | None = None, checkpoint=None,
-              on_step=None, graphs: bool = False) -> tuple[int, int]:
+              on_step=None, graphs: bool | None = None) -> tuple[int, int]:
     """One run alone (a list of one task), or several batchable runs as one stacked model,
     checkpointed at `checkpoint` (resumed from it when it exists, deleted at the end); graphs:
-    a stack's steps through soap_cuda.graphed_step (train_batched(graphed=True)).
+    a stack's steps through soap_cuda.graphed_step (train_batched(graphed=...); None: on
+    CUDA).
     Returns (runs done, optimizer steps taken). `on_step(examples)` after every step (in a
     worker: its queue to the main process)."""
     from .batched import train_batched
@@ -433,7 +434,8 @@ class Runner:
 
 class Sweep:
     def __init__(self, spec: SweepSpec, out_dir: str | Path, jobs: int = 1,
-                 progress: bool = False, log=print, batched: bool = True, graphs: bool = False):
+                 progress: bool = False, log=print, batched: bool = True,
+                 graphs: bool | None = None):
         spec.validate()
         self.spec = spec
         self.batched = batched
@@ -529,7 +531,9 @@ class Sweep:
         stacked = [u for u in runner.units if u > 1]
         total = sum(len(a.lrs) for a in self.arms) * len(self.seeds)
         self.execution = {"mode": "batched" if self.batched else "sequential",
-                          "graphs": self.graphs and self.batched,
+                          "graphs": self.batched and (
+                              self.graphs if self.graphs is not None
+                              else str(spec.base.get("device", "cpu")).startswith("cuda")),
                           "processes": self.jobs, "ranks": ranks.world(),
                           "runs_trained": sum(runner.units),
                           "runs_reused": max(0, total - sum(runner.units)),

@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .models import build_conv, build_mlp
 from .optimizers import make_optimizer
+from ..feedback import stream_seed
 
 CHECKPOINT_VERSION = 1
 # A run counts as diverged (and stops) when its loss is not finite or exceeds this multiple of
@@ -198,10 +199,27 @@ def eval_subsets(data: Dataset, eval_examples: int) -> tuple[Dataset, Dataset]:
     return every, final
 
 
-def _epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    # A pure function of (seed, epoch): resuming needs no generator state.
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return torch.randperm(n, generator=g).to(device)
+# Which draw orders an epoch's examples. "philox" (every run since it exists): on the data's
+# device, the same on every device; "randperm" (older checkpoints, resumed as they began): a
+# seeded CPU torch.randperm copied over.
+EPOCH_ORDER = "philox"
+# mixed into a run's seed so its order stream is none of its feedback streams (seed, sync_count)
+_ORDER_STREAM = 0x0DE5_0DE5_0DE5_0DE5
+
+
+def _epoch_order(seed: int, epoch: int, n: int, device, kind: str = EPOCH_ORDER) -> torch.Tensor:
+    """The order of the n training examples in `epoch`: a pure function of (seed, epoch), so
+    resuming needs no generator state. "philox": the stable argsort of n float64 normals of the
+    project's Philox stream (seed, epoch), drawn on `device` (no host draw and copy per epoch;
+    bit-identical on CPU and CUDA, so a run sees the same examples on either)."""
+    if kind == "randperm":
+        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+        return torch.randperm(n, generator=g).to(device)
+    if kind != "philox":
+        raise ValueError(f"unknown epoch order {kind!r}")
+    keys = torch.empty(n, dtype=torch.float64, device=device)
+    torch.ops.soap_cuda.philox_normal_fill(keys, stream_seed(int(seed) ^ _ORDER_STREAM), epoch)
+    return torch.argsort(keys, stable=True)
 
 
 def _json_safe(x):
@@ -234,25 +252,40 @@ class _Writer:
 class PendingLosses:
     """Step losses (one per model: (M,), or 0-d for one run) waiting on the device until an
     evaluation, every FLUSH_STEPS steps or the end reads them all at once: no host
-    synchronisation per step on a GPU. A loss that stopped being finite at step s ends its run as
-    of step s, as if it had been read at once (the steps taken after it were on NaNs)."""
+    synchronisation per step on a GPU. They wait in a ring of FLUSH_STEPS rows allocated once
+    (each step one copy into its row; one read per flush). A loss that stopped being finite at
+    step s ends its run as of step s, as if it had been read at once (the steps taken after it
+    were on NaNs)."""
 
-    def __init__(self):
-        self._waiting: list[tuple] = []
+    def __init__(self, capacity: int = FLUSH_STEPS):
+        self.capacity = capacity
+        self._ring: torch.Tensor | None = None
+        self._waiting: list[tuple] = []  # (examples taken, examples after, step) per row
 
     def add(self, losses: torch.Tensor, take: int, examples: int, step: int) -> bool:
-        """Keep a step's losses; True when FLUSH_STEPS are waiting (time to read)."""
-        self._waiting.append((losses.reshape(-1), take, examples, step))
-        return len(self._waiting) >= FLUSH_STEPS
+        """Keep a step's losses; True when the ring is full (time to read)."""
+        row = losses.detach().reshape(-1)
+        ring = self._ring
+        if ring is None or ring.shape[1] != row.numel():
+            if self._waiting:
+                raise ValueError(f"a step's losses changed from {ring.shape[1]} values to "
+                                 f"{row.numel()} between reads")
+            ring = self._ring = torch.empty(self.capacity, row.numel(), dtype=row.dtype,
+                                            device=row.device)
+        if len(self._waiting) >= self.capacity:
+            raise RuntimeError("PendingLosses is full: read() it when add() returns True")
+        ring[len(self._waiting)].copy_(row)  # (a loss of another dtype or device converts)
+        self._waiting.append((take, examples, step))
+        return len(self._waiting) >= self.capacity
 
     def read(self, alive=lambda k: True):
         """(model, loss, examples taken, examples after, step) of every waiting step, in step
         order, for the models that `alive(model)` still says so of when their turn comes."""
         if not self._waiting:
             return
-        rows = torch.stack([w[0] for w in self._waiting]).tolist()
+        rows = self._ring[:len(self._waiting)].tolist()
         waiting, self._waiting = self._waiting, []
-        for values, (_, take, examples, step) in zip(rows, waiting):
+        for values, (take, examples, step) in zip(rows, waiting):
             for k, value in enumerate(values):
                 if alive(k):
                     yield k, value, take, examples, step
@@ -337,11 +370,12 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         pos = state["position"]
+        pos.setdefault("order", "randperm")  # a checkpoint from before the Philox order
         records = [r for r in state["records"] if r["kind"] != "final"]
         elapsed0 = state["elapsed_s"]
     else:
         pos = {"examples": 0, "step": 0, "epoch": 0, "batch": 0, "next_eval": 0,
-               "evals": 0, "batch_loss_sum": 0.0, "batch_loss_n": 0}
+               "evals": 0, "batch_loss_sum": 0.0, "batch_loss_n": 0, "order": EPOCH_ORDER}
         records = [{"kind": "config", "config": cfg.to_dict(), "data": data.summary(),
                     **run_environment(device)}]
         elapsed0 = 0.0
@@ -402,7 +436,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike | None = None,
         log_eval()
         pos["evals"], pos["next_eval"] = 1, eval_every
     while pos["examples"] < budget and not diverged:
-        order = _epoch_order(cfg.seed, pos["epoch"], n, device)
+        order = _epoch_order(cfg.seed, pos["epoch"], n, device, pos["order"])
         while pos["batch"] * cfg.batch_size < n and pos["examples"] < budget:
             start = pos["batch"] * cfg.batch_size
             take = min(cfg.batch_size, n - start, budget - pos["examples"])
