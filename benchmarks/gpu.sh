@@ -18,11 +18,12 @@
 #   already built) | backend 10 s [60] | cuda-tests 20 s [120] | memcheck 15 s [120] |
 #   report 50 s [150] (before its graphed section: eager and CUDA-graph train steps, not yet
 #   timed on a GPU) | overhead 15 s [60] | sweep-speed, the default sweep stacked with
-#   --no-graphs, with --graphs (the CUDA default) and --sequential, then a short LeNet-5 sweep the same ways (not yet timed on a
-#   GPU) [200] | other-tests, the whole CPU suite, about 200 s
-#   (140 s for its first third, which includes the torch.compile tests) [240; 600 in a dry run, without the slow tests]. The steps share a
-#   480 s budget (GPU_SH_BUDGET; 1200 s in a dry run, which spends no device time); a step gets what is left, at most its own limit, so a slow
-#   CPU suite is cut before it can starve the figures.
+#   --no-graphs, with --graphs (the CUDA default) and --sequential, then a short LeNet-5 sweep
+#   the same ways (not yet timed on a GPU) [200] | other-tests, the whole CPU suite, about
+#   200 s (140 s for its first third, which includes the torch.compile tests) [240; 600 in a
+#   dry run, without the slow tests]. The steps share a 480 s budget (GPU_SH_BUDGET; 1200 s in
+#   a dry run, which spends no device time); a step gets what is left, at most its own limit,
+#   so a slow CPU suite is cut before it can starve the figures.
 #
 # Test selection: tests/conftest.py marks `cuda` every test whose name or parameters say cuda.
 # OUTDIR receives at most 6 files, no subfolders (a copy-back limit on the lent machines), each
