@@ -12,6 +12,11 @@ rule is the layers' own (soap_cuda.schedule): due when the count crosses a multi
 kernel from the Philox stream (feedback_seed, sync_count). So a driven step gives the bits an
 eager step gives. The counters live here while the layers are driven; `write_back()` (called by
 the layers' state_dict) copies them to the layers, `reload()` (their load_state_dict) back.
+
+`schedule_on_device(model)` drives a model's FA layers the other way, from their own forwards
+(`in_forward`): each counted forward adds its batch to its layer's device counter and syncs that
+layer if due, the eager rule in tensor code; so `torch.compile(model, fullgraph=True)`, which
+cannot hold the layers' Python schedule, compiles with the schedule inside.
 """
 from __future__ import annotations
 
@@ -88,6 +93,28 @@ class _Group:
                                            self.streams)
         self.sync_count.add_(due)
 
+    def count(self, index: int, batch: int) -> None:
+        """One counted forward of layers[index] (schedule_on_device): its counter += batch,
+        then, for a sync-rule layer, its own masked sync."""
+        self.examples[index:index + 1].add_(batch)
+        if index >= len(self.synced):
+            return
+        i = slice(index, index + 1)
+        after = self.examples[i]
+        before = after - batch
+        crossed = (self.every[i] > 0) & (after // self.period[i] > before // self.period[i])
+        first = self.at_start[i] & (before == 0) & (self.sync_count[i] == 0)
+        due = crossed | first
+        layer = self.synced[index]
+        weight = layer.weight.detach()
+        scale = fb.scaled_sign_scale(weight, layer.b_init_norm).reshape(1) \
+            if layer.feedback == "scaled_sign" else self.scales[i]
+        torch.ops.soap_cuda.feedback_sync_(
+            [weight], [layer.b_matrix.detach()],
+            [layer.b_init if layer.feedback == "rescaled_sign" else None], scale, due,
+            self.streams[i])
+        self.sync_count[i].add_(due)
+
     def _scales(self, weights) -> torch.Tensor:
         """scaled_sign's scale follows W (computed every step, used where due)."""
         if not self.scaled:
@@ -101,7 +128,7 @@ class _Group:
 class DeviceSchedule:
     """The device schedule of `counts`' layers: {layer: examples it counts per step}."""
 
-    def __init__(self, counts: dict, world: int = 1):
+    def __init__(self, counts: dict, world: int = 1, in_forward: bool = False):
         groups = defaultdict(list)
         for layer in counts:
             groups[(layer.weight.device, layer.weight.dtype)].append(layer)
@@ -109,6 +136,10 @@ class DeviceSchedule:
         self.counts = counts
         self.world = world
         self._increments = {}
+        # in_forward: the layers' forwards call count() (schedule_on_device); else a step
+        # calls advance() once for all (graphed_step)
+        self.in_forward = in_forward
+        self._slots = {layer: (g, i) for g in self.groups for i, layer in enumerate(g.layers)}
 
     def increments(self, counts: dict | None = None) -> list[torch.Tensor]:
         """Per group, the device tensor of examples each layer counts in one step (cached)."""
@@ -119,6 +150,12 @@ class DeviceSchedule:
                 torch.tensor([counts.get(layer, 0) * self.world for layer in g.layers],
                              dtype=torch.int64, device=g.examples.device) for g in self.groups]
         return self._increments[key]
+
+    def count(self, layer, batch: int) -> None:
+        """A counted forward of `layer` with `batch` examples (times the world size)."""
+        group, index = self._slots[layer]
+        with torch.no_grad():
+            group.count(index, batch * self.world)
 
     def advance(self, increments: list[torch.Tensor]) -> None:
         with torch.no_grad():
@@ -159,3 +196,27 @@ class DeviceSchedule:
     def reload(self) -> None:
         for g in self.groups:
             g.reload()
+
+
+def schedule_on_device(model) -> DeviceSchedule:
+    """Move the sync schedule of `model`'s FA layers (those with sync_every or sync_at_start)
+    onto the device, advanced by their own forwards: the same syncs at the same examples, bit
+    for bit, with no host decision, so `torch.compile(model, fullgraph=True)` compiles the
+    schedule with the model. The model's state_dict stays current; `.detach()` on the returned
+    schedule hands counting back to the layers. A stacked network, or a step to capture whole,
+    goes through soap_cuda.graphed_step instead."""
+    from . import schedule
+    from .feedback_layer import FeedbackLayerMixin
+    if any(hasattr(type(m), "_schedule_driver") and not isinstance(m, FeedbackLayerMixin)
+           for m in model.modules()):
+        raise ValueError("schedule_on_device drives FA layers; a stacked network's schedules "
+                         "move to the device through soap_cuda.graphed_step")
+    layers = [m for m in model.modules()
+              if isinstance(m, FeedbackLayerMixin) and schedule.has_schedule(m)]
+    if not layers:
+        raise ValueError("no layer of this model has a sync schedule (sync_every or "
+                         "sync_at_start)")
+    driver = DeviceSchedule({layer: 0 for layer in layers}, schedule.world_size(),
+                            in_forward=True)
+    driver.attach()
+    return driver

@@ -127,11 +127,17 @@ class FeedbackLayerMixin:
     def _count_batch(self, input: Tensor, batched_dim: int) -> None:
         """The schedule's step of a forward pass (`batched_dim`: the input's rank when it
         carries a batch; otherwise it is one example). A layer driven by a device schedule
-        (soap_cuda.graphed) leaves counting and syncing to it."""
-        if schedule.counts(self, schedule.has_schedule(self)) and self._schedule_driver is None:
-            batch = input.shape[0] if input.dim() >= batched_dim else 1
+        (soap_cuda.graphed) leaves counting and syncing to it, or, driven from the forward
+        (schedule_on_device), hands it the batch."""
+        if not schedule.counts(self, schedule.has_schedule(self)):
+            return
+        batch = input.shape[0] if input.dim() >= batched_dim else 1
+        driver = self._schedule_driver
+        if driver is None:
             schedule.record(self, batch)
             self._advance_schedule(batch)
+        elif driver.in_forward:  # soap_cuda.schedule_on_device: tensor code, compiles
+            driver.count(self, batch)
 
     @_compiler_disabled
     def _advance_schedule(self, batch: int) -> None:
