@@ -91,8 +91,11 @@ def test_interrupts_end_every_process_and_resume_exactly(references, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"trial {trial} (--jobs {jobs}): no exit 15 s after Ctrl-C")
         timings.append(time.monotonic() - sent)
-        assert proc.returncode in (130, 0), err
-        if proc.returncode == 130:
+        # -SIGINT: the second press landed in the interpreter's teardown after the first was
+        # handled (the message printed), when Python has put SIGINT's default action back; a
+        # shell reports that exit as 130 too
+        assert proc.returncode in (130, 0, -signal.SIGINT), err
+        if proc.returncode != 0:
             assert "interrupted" in err and "Traceback" not in err, err
         time.sleep(0.2)
         assert _session_alive(proc.pid) == [], f"trial {trial}: processes left behind"
