@@ -76,52 +76,46 @@ class _Group:
     def advance(self, increments: torch.Tensor) -> None:
         """One step: count `increments` (one per layer), then one masked sync."""
         self.examples.add_(increments)
-        if not self.synced:
-            return
-        n = len(self.synced)
-        after = self.examples[:n]
-        before = after - increments[:n]
-        crossed = (self.every > 0) & (after // self.period > before // self.period)
-        first = self.at_start & (before == 0) & (self.sync_count == 0)
-        due = crossed | first
-        weights = [layer.weight.detach() for layer in self.synced]
-        magnitudes = [layer.b_init if layer.feedback == "rescaled_sign" else None
-                      for layer in self.synced]
-        torch.ops.soap_cuda.feedback_sync_(weights, [layer.b_matrix.detach()
-                                                     for layer in self.synced],
-                                           magnitudes, self._scales(weights), due,
-                                           self.streams)
-        self.sync_count.add_(due)
+        if self.synced:
+            n = len(self.synced)
+            self._sync_due(slice(0, n), increments[:n])
 
     def count(self, index: int, batch: int) -> None:
         """One counted forward of layers[index] (schedule_on_device): its counter += batch,
         then, for a sync-rule layer, its own masked sync."""
         self.examples[index:index + 1].add_(batch)
-        if index >= len(self.synced):
-            return
-        i = slice(index, index + 1)
-        after = self.examples[i]
-        before = after - batch
-        crossed = (self.every[i] > 0) & (after // self.period[i] > before // self.period[i])
-        first = self.at_start[i] & (before == 0) & (self.sync_count[i] == 0)
-        due = crossed | first
-        layer = self.synced[index]
-        weight = layer.weight.detach()
-        scale = fb.scaled_sign_scale(weight, layer.b_init_norm).reshape(1) \
-            if layer.feedback == "scaled_sign" else self.scales[i]
-        torch.ops.soap_cuda.feedback_sync_(
-            [weight], [layer.b_matrix.detach()],
-            [layer.b_init if layer.feedback == "rescaled_sign" else None], scale, due,
-            self.streams[i])
-        self.sync_count[i].add_(due)
+        if index < len(self.synced):
+            self._sync_due(slice(index, index + 1), batch)
 
-    def _scales(self, weights) -> torch.Tensor:
-        """scaled_sign's scale follows W (computed every step, used where due)."""
-        if not self.scaled:
-            return self.scales
-        scales = list(self.scales.unbind())
-        for i in self.scaled:
-            scales[i] = fb.scaled_sign_scale(weights[i], self.synced[i].b_init_norm)
+    def _sync_due(self, rows: slice, added) -> None:
+        """The masked sync of synced[rows], whose counters just grew by `added`: due where
+        the count crossed a multiple of T, or at the first counted step with sync_at_start."""
+        after = self.examples[rows]
+        before = after - added
+        crossed = (self.every[rows] > 0) & (after // self.period[rows] >
+                                            before // self.period[rows])
+        first = self.at_start[rows] & (before == 0) & (self.sync_count[rows] == 0)
+        due = crossed | first
+        layers = self.synced[rows]
+        weights = [layer.weight.detach() for layer in layers]
+        magnitudes = [layer.b_init if layer.feedback == "rescaled_sign" else None
+                      for layer in layers]
+        torch.ops.soap_cuda.feedback_sync_(weights, [layer.b_matrix.detach()
+                                                     for layer in layers],
+                                           magnitudes, self._scales(rows, weights), due,
+                                           self.streams[rows])
+        self.sync_count[rows].add_(due)
+
+    def _scales(self, rows: slice, weights) -> torch.Tensor:
+        """synced[rows]' scales: scaled_sign's follows W (computed every step, used where
+        due)."""
+        scaled = [i for i in self.scaled if rows.start <= i < rows.stop]
+        if not scaled:
+            return self.scales[rows]
+        scales = list(self.scales[rows].unbind())
+        for i in scaled:
+            scales[i - rows.start] = fb.scaled_sign_scale(weights[i - rows.start],
+                                                          self.synced[i].b_init_norm)
         return torch.stack(scales)
 
 

@@ -150,10 +150,13 @@ class GraphedStep:
         for opt in self.optimizers:
             opt.step()
 
-    def _finish(self) -> None:
-        self._step_optimizers()
+    def _zero_grads(self) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
+
+    def _finish(self) -> None:
+        self._step_optimizers()
+        self._zero_grads()
 
     def _eager_on_layers(self, x, y):
         """A step on the layers' own schedule, recording each one's count."""
@@ -169,8 +172,7 @@ class GraphedStep:
         return loss
 
     def _run(self, x, y):
-        for opt in self.optimizers:  # whatever ran between steps (a probe's backward) is gone
-            opt.zero_grad(set_to_none=True)
+        self._zero_grads()  # whatever ran between steps (a probe's backward) is gone
         inc = self.schedule.increments()
         if self._compile and self._in_graph_steps is not None:
             self._prepare_steps()
@@ -178,8 +180,7 @@ class GraphedStep:
                 self._compiled_whole = self._compiled(self._whole)
             with _trace_backward():
                 loss = self._compiled_whole(x, y, inc)
-            for opt in self.optimizers:
-                opt.zero_grad(set_to_none=True)
+            self._zero_grads()
             return loss
         if self._compile:
             if self._compiled_body is None:
@@ -227,8 +228,7 @@ class GraphedStep:
         """Record one step into a graph (capture runs nothing: the caller replays it)."""
         self.static_x, self.static_y = x.clone(), y.clone()
         inc = self.schedule.increments()
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+        self._zero_grads()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.static_out = self._body(self.static_x, self.static_y, inc)

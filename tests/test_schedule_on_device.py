@@ -9,8 +9,8 @@ import soap_cuda
 from soap_cuda import stacked
 from soap_cuda.feedback import SYNC_RULES
 
-from conftest import plain_training_loop, requires_cuda
-from test_graphed_step import CE, assert_same_state, batches, cnn, mlp, sgd
+from conftest import requires_cuda
+from test_graphed_step import CE, assert_same_state, batches, cnn, mlp, plain_loop, sgd
 
 
 @pytest.fixture(autouse=True)
@@ -19,10 +19,6 @@ def fresh_dynamo():
     code object across the session, against a limit of 8."""
     import torch._dynamo
     torch._dynamo.reset()
-
-
-def plain_loop(model, optimizer, data):
-    return plain_training_loop(model, optimizer, data, CE)
 
 
 def sync_counts(model):

@@ -116,6 +116,12 @@ def _passes(net: stacked.StackedNet, device) -> tuple[int, int]:
 STACK_CHECKPOINT_VERSION = 2
 
 
+def graphs_by_default(device) -> bool:
+    """Whether a stack steps through graphed_step when not told: on CUDA, where its small steps
+    are bound by kernel launches."""
+    return torch.device(device).type == "cuda"
+
+
 def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
                   on_step=None, checkpoint_path=None,
                   checkpoint_every_evals: int | None = None,
@@ -149,7 +155,7 @@ def train_batched(cfgs: list[TrainConfig], out_paths: list, data: Dataset,
 
     net = build_stack(cfgs, data)
     if graphed is None:
-        graphed = device.type == "cuda"  # host-bound small steps: replay them as graphs
+        graphed = graphs_by_default(device)
     opts = make_optimizers(cfgs, net, capturable=graphed and device.type == "cuda")
     soap = isinstance(opts[0], stacked.SOAP)
     graphed = graphed and not soap

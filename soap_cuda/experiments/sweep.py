@@ -528,12 +528,13 @@ class Sweep:
             self.arms = sgd + gm + adam  # the report's order
         if ranks.rank() == 0:
             forget_units(self.out)
+        from .batched import graphs_by_default
         stacked = [u for u in runner.units if u > 1]
         total = sum(len(a.lrs) for a in self.arms) * len(self.seeds)
         self.execution = {"mode": "batched" if self.batched else "sequential",
                           "graphs": self.batched and (
                               self.graphs if self.graphs is not None
-                              else str(spec.base.get("device", "cpu")).startswith("cuda")),
+                              else graphs_by_default(spec.base.get("device", "cpu"))),
                           "processes": self.jobs, "ranks": ranks.world(),
                           "runs_trained": sum(runner.units),
                           "runs_reused": max(0, total - sum(runner.units)),
